@@ -1,0 +1,38 @@
+# One command sets up and runs each job. The virtual environment is created on first use
+# and reinstalled only when pyproject.toml or constraints.txt change.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Offline by design: the toy world needs no hub, and tests must never reach one.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install test test-slow quality format bench-verifier clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -q -m slow
+
+quality: $(STAMP)
+	$(BIN)/ruff check cft_rl tests scripts
+	$(BIN)/ruff format --check cft_rl tests scripts
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix cft_rl tests scripts
+	$(BIN)/ruff format cft_rl tests scripts
+
+bench-verifier: $(STAMP)
+	$(OFFLINE) $(BIN)/python scripts/bench_verifier.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,63 @@
+"""``cft-rl <command>``: the command-line entry point.
+
+Each command is a thin wrapper over a module's Python API; heavy imports happen inside the command so
+``cft-rl --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from cft_rl.rewards import check
+
+    verdict = check(args.prediction, args.gold, timeout=args.timeout)
+    print(json.dumps(verdict.__dict__, ensure_ascii=False))
+    return 0 if verdict.score == 1.0 else 1
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from cft_rl.data import BENCHMARKS, load_benchmark
+
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    for name in names:
+        ds = load_benchmark(name, data_root=args.data_root, limit=args.limit)
+        print(f"{name}: {len(ds)} rows")
+        for row in ds.select(range(min(args.show, len(ds)))):
+            print(json.dumps({k: row[k] for k in ("id", "question", "answer")}, ensure_ascii=False)[:400])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cft-rl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("verify", help="grade one prediction against a gold answer (exit 0 if correct)")
+    p.add_argument("prediction", help="model output text; its final answer is extracted")
+    p.add_argument("gold", help="the gold answer, e.g. 72 or \\frac{1}{2}")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds before the verification gives up")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("data", help="load a math benchmark into the common record shape and show rows")
+    p.add_argument("name", help="benchmark name, or 'all'")
+    p.add_argument("--data-root", default=None, help="folder with the benchmark files (default ../shared/data)")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--show", type=int, default=2, help="rows to print")
+    p.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # our errors name the problem and the fix; no traceback needed
+        print(f"cft-rl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Reports: the shared ``docs/benchmarks.md`` and (later) run comparisons.
+
+Every benchmark script owns one section of ``docs/benchmarks.md``, fenced by HTML comments, and
+rewrites only that section. Scripts can then be rerun one at a time without clobbering each other's
+figures, and every section records the command that produced it.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from pathlib import Path
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+_HEADER = "# Benchmarks\n\nFigures written by `scripts/bench_*.py`; each section names the command that produced it.\n"
+
+
+def machine_line() -> str:
+    """Where a figure was measured: these machines are noisy, so always say which one."""
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str, command: str, path: Path = BENCHMARKS_MD) -> Path:
+    """Replace (or append) the section ``name`` of the benchmarks file with ``body``."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n\nCommand: `{command}` ({machine_line()})\n{end}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else _HEADER
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path

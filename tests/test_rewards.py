@@ -1,0 +1,236 @@
+"""The verifier: extraction, symbolic verification, TRL reward shape, and never hanging or raising."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cft_rl import rewards
+from cft_rl.answers import extract_answer, last_boxed_content
+from cft_rl.rewards import check, format_reward, get_reward_func, math_reward, verify, verify_batch
+
+TIMEOUT = 1.0
+BOUND = TIMEOUT + 1.0  # the promise: any call returns within timeout + 1 s
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_workers():
+    rewards.warmup()  # the bound excludes the one-off worker start
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so the total is \boxed{72}.", "72"),
+        (r"\boxed{1} then \boxed{2}", "2"),
+        (r"\boxed{\frac{1}{\sqrt{2}}}", r"\frac{1}{\sqrt{2}}"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed 5", "5"),
+        (r"\boxed{\boxed{3}}", r"\boxed{3}"),  # outermost of nested boxes
+        (r"\boxed{unclosed", None),
+        (r"\boxed{}", None),
+        ("The answer is 42.", "42"),
+        ("The final answer is: $\\frac{3}{4}$.", r"\frac{3}{4}"),
+        ("Answer: 3.5", "3.5"),
+        ("the answer is 7. Wait, no, the answer is 8.", "8"),
+        ("Natalia sold 24 clips.\n#### 72", "72"),
+        ("#### 1,000", "1000"),
+        (r"The answer is (1,2)", "(1,2)"),
+        (r"\boxed{12} and later the answer is 13", "12"),  # boxed wins over prose
+        ("no final answer here", None),
+        ("", None),
+        (None, None),
+        (b"\\boxed{9}", "9"),
+        (12, None),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extraction_is_linear_on_adversarial_text():
+    start = time.monotonic()
+    assert extract_answer("\\boxed{" * 100_000) is None
+    assert extract_answer("{" * 10_000 + "}" * 10_000 + r"\boxed{4}") == "4"
+    assert last_boxed_content("x" * 1_000_000 + r"\boxed{5}") == "5"
+    assert time.monotonic() - start < 2.0
+
+
+VERIFY_CASES = [
+    (r"\boxed{72}", "72", 1.0),
+    (r"\boxed{73}", "72", 0.0),
+    (r"\boxed{0.5}", r"\frac{1}{2}", 1.0),
+    (r"\boxed{\dfrac{1}{2}}", "0.5", 1.0),
+    ("#### 1,000", "1000", 1.0),
+    (r"\boxed{1,000}", "1000", 1.0),
+    (r"\boxed{(3, \frac{\pi}{2})}", r"\left( 3, \frac{\pi}{2} \right)", 1.0),
+    (r"\boxed{(3, \pi)}", r"\left( 3, \frac{\pi}{2} \right)", 0.0),
+    (r"\boxed{9 \text{ apples}}", "9", 1.0),
+    (r"\boxed{x = 5}", "5", 1.0),
+    (r"\boxed{10-4n}", "10-4 n", 1.0),
+    (r"\boxed{B}", "B", 1.0),
+    (r"\boxed{(B)}", "B", 1.0),
+    (r"\boxed{\text{B}}", "B", 1.0),
+    (r"\boxed{A}", "B", 0.0),
+    ("The answer is $5$.", "$5$", 1.0),
+    ("no answer at all", "5", 0.0),
+    (r"\boxed{5}", 5, 1.0),
+    (r"\boxed{2.5}", 2.5, 1.0),
+]
+
+
+@pytest.mark.parametrize("prediction, gold, expected", VERIFY_CASES)
+def test_verify(prediction, gold, expected):
+    assert verify(prediction, gold, timeout=5.0) == expected
+
+
+def test_check_explains_the_score():
+    assert check(r"\boxed{7}", "7").status == "correct"
+    assert check(r"\boxed{8}", "7").status == "wrong"
+    assert check("nothing", "7").status == "no_answer"
+    assert check(r"\boxed{7}", "").score is None
+    assert check(r"\boxed{7}", None).status == "bad_gold"
+
+
+PATHOLOGICAL = [
+    (r"\boxed{9^{9^{9^{9}}}}", "5"),
+    (r"\boxed{5}", "9^{9^{9^{9}}}"),
+    ("x" * 1_000_000, "5"),
+    ("x" * 1_000_000 + r"\boxed{" + "9" * 999 + "}", "5"),
+    ("{" * 10_000 + r"\boxed{" + "{" * 10_000, "5"),
+    (r"\boxed{" + "{" * 400 + "}" * 400 + "}", "5"),
+    ("\ud800\udfff\\boxed{\ud800}", "5"),
+    (None, "5"),
+    ("", "5"),
+    (r"\boxed{5}", None),
+    (r"\boxed{5}", ""),
+    (float("nan"), float("inf")),
+]
+
+
+@pytest.mark.parametrize("prediction, gold", PATHOLOGICAL, ids=range(len(PATHOLOGICAL)))
+def test_pathological_inputs_return_zero_in_time(prediction, gold):
+    start = time.monotonic()
+    assert verify(prediction, gold, timeout=TIMEOUT) == 0.0
+    assert time.monotonic() - start < BOUND
+
+
+def test_worker_thread_gives_the_same_results_as_main_thread():
+    cases = [(p, g) for p, g, _ in VERIFY_CASES]
+    main = [verify(p, g) for p, g in cases]
+    out = []
+    t = threading.Thread(target=lambda: out.extend(verify(p, g) for p, g in cases))
+    t.start()
+    t.join(60)
+    assert out == main
+    assert verify_batch([p for p, _ in cases], [g for _, g in cases]) == main
+
+
+def test_async_context_keeps_the_bound():
+    async def main():
+        start = time.monotonic()
+        slow, fine = await asyncio.gather(
+            rewards.averify(r"\boxed{9^{9^{9^{9}}}}", "5", timeout=TIMEOUT),
+            rewards.averify(r"\boxed{3}", "3"),
+        )
+        # a plain synchronous call inside a running loop works too (TRL calls sync rewards there)
+        inline = verify(r"\boxed{4}", "4")
+        return slow, fine, inline, time.monotonic() - start
+
+    slow, fine, inline, took = asyncio.run(main())
+    assert (slow, fine, inline) == (0.0, 1.0, 1.0)
+    assert took < BOUND + 1.0
+
+
+def test_batch_matches_single_calls_and_spreads_over_workers():
+    preds = [rf"\boxed{{{i}}}" for i in range(100)]
+    golds = [str(i if i % 4 else i + 1) for i in range(100)]
+    assert verify_batch(preds, golds, workers=2) == [verify(p, g) for p, g in zip(preds, golds, strict=True)]
+    with pytest.raises(ValueError, match="one gold per prediction"):
+        verify_batch(preds, golds[:-1])
+
+
+latex_fragments = st.sampled_from(
+    [
+        "\\boxed{",
+        "\\fbox{",
+        "{",
+        "}",
+        "\\frac{",
+        "^{",
+        "9",
+        "1",
+        "x",
+        "=",
+        "\\sqrt",
+        "$",
+        "####",
+        "The answer is ",
+        ",",
+        ".",
+        "\\left(",
+        "\\right)",
+        "\\text{",
+        "\n",
+        " ",
+        "-",
+        "\\infty",
+        "e",
+        "\\pi",
+        "!",
+        "10^{100}",
+    ]
+)
+fuzz_text = st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=()), max_size=300),
+    st.lists(latex_fragments, max_size=60).map("".join),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(prediction=fuzz_text, gold=st.one_of(fuzz_text, st.none(), st.integers(), st.floats()))
+def test_fuzz_never_raises_and_never_outlasts_its_bound(prediction, gold):
+    start = time.monotonic()
+    score = verify(prediction, gold, timeout=TIMEOUT)
+    assert score in (0.0, 1.0)
+    assert time.monotonic() - start < BOUND
+
+
+def test_math_reward_has_trls_shape():
+    completions = [
+        r"\boxed{72}",
+        "I give up",
+        [{"role": "assistant", "content": r"so \boxed{72}"}],
+        r"\boxed{1}",
+    ]
+    logged = {}
+    scores = math_reward(
+        completions, answer=["72", "72", "72", ""], log_extra=logged.__setitem__, trainer_state=None
+    )
+    assert scores == [1.0, 0.0, 1.0, None]
+    assert logged["verdict"] == ["correct", "no_answer", "correct", "bad_gold"]
+    assert set(logged) == {"answer_extracted", "answer_parsed", "gold_parsed", "verdict"}
+    assert all(len(v) == 4 for v in logged.values())
+
+
+def test_format_reward():
+    assert format_reward([r"x \boxed{3}", "3", [{"role": "assistant", "content": r"\boxed{}"}], None]) == [
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+    ]
+
+
+def test_reward_registry():
+    assert get_reward_func("math_reward") is math_reward
+    assert get_reward_func("format_reward") is format_reward
+    assert get_reward_func("cft_rl.rewards.verify") is verify
+    assert get_reward_func("cft_rl.rewards:verify") is verify
+    with pytest.raises(ValueError, match="Registered: \\['format_reward', 'math_reward'\\]"):
+        get_reward_func("math_rewrad")
+    with pytest.raises(ValueError, match="Check the dotted path"):
+        get_reward_func("cft_rl.rewards.nope")
