@@ -19,7 +19,8 @@ import re
 MAX_ANSWER_CHARS = 1000
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_BRACE_RE = re.compile(r"[{}]")
+# Escaped braces (``\\{``, set notation) are text, not grouping, as in LaTeX.
+_BRACE_RE = re.compile(r"(?<!\\)[{}]")
 _ANSWER_IS_RE = re.compile(r"(?:final\s+)?answer\s*(?:is|:)\s*:?", re.IGNORECASE)
 _HASHES_RE = re.compile(r"####")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="load a math benchmark into the common record shape and show rows")
     p.add_argument("name", help="benchmark name, or 'all'")
-    p.add_argument("--data-root", default=None, help="folder with the benchmark files (default ../shared/data)")
+    p.add_argument(
+        "--data-root", default=None, help="folder with the benchmark files (default ../shared/data)"
+    )
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--show", type=int, default=2, help="rows to print")
     p.set_defaults(func=_cmd_data)

@@ -36,6 +36,8 @@ def write_section(name: str, body: str, command: str, path: Path = BENCHMARKS_MD
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else _HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
     path.write_text(text)
     return path
