@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -31,6 +32,25 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_toy_build(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cft_rl.toy import ToyBuildConfig, build_toy
+
+    values = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        values[key] = yaml.safe_load(value)
+    if args.seed is not None:
+        values["seed"] = args.seed
+    config = ToyBuildConfig.tiny(**values) if args.tiny else ToyBuildConfig.from_dict(values)
+    out = build_toy(args.out, config)
+    print(f"toy world ready in {out} (key {config.key()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cft-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--show", type=int, default=2, help="rows to print")
     p.set_defaults(func=_cmd_data)
+
+    toy = sub.add_parser("toy", help="the offline toy world").add_subparsers(
+        dest="toy_command", required=True
+    )
+    p = toy.add_parser("build", help="build (or reuse) the toy task, tokenizer and base model in --out")
+    p.add_argument("--out", required=True, help="folder to build into; loads with from_pretrained(DIR)")
+    p.add_argument("--config", default=None, help="YAML file of ToyBuildConfig settings")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tiny", action="store_true", help="the seconds-long variant used by the tests")
+    p.set_defaults(func=_cmd_toy_build)
     return parser
 
 
@@ -56,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:  # our errors name the problem and the fix; no traceback needed
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+    ) as exc:  # our errors name the problem and the fix; no traceback needed
         print(f"cft-rl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -51,7 +51,7 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 PROMPT_TEMPLATE = "{question}\n" + BOXED_INSTRUCTION.replace("{}", "{{}}")
 
 _STRING = datasets.Value("string")
-_FEATURES = datasets.Features(
+FEATURES = datasets.Features(
     {
         **{column: _STRING for column in COLUMNS[:-1]},
         "prompt": datasets.List({"role": _STRING, "content": _STRING}),
@@ -186,9 +186,9 @@ def read_benchmark_records(
     return _collect(_iter_jsonl(path), make_record, f"{path}, line", errors, limit)
 
 
-def _to_dataset(records: list[dict], features: datasets.Features | None = _FEATURES) -> datasets.Dataset:
+def _to_dataset(records: list[dict], features: datasets.Features | None = FEATURES) -> datasets.Dataset:
     if not records:  # from_list([]) would lose the columns
-        return datasets.Dataset.from_dict({column: [] for column in COLUMNS}, features=_FEATURES)
+        return datasets.Dataset.from_dict({column: [] for column in COLUMNS}, features=FEATURES)
     return datasets.Dataset.from_list(records, features=features)
 
 
@@ -310,4 +310,4 @@ def load_math_dataset(
         isinstance(r["prompt"], list) and all(set(m) == {"role", "content"} for m in r["prompt"])
         for r in records
     )
-    return _to_dataset(records, features=_FEATURES if chat_shaped else None)
+    return _to_dataset(records, features=FEATURES if chat_shaped else None)

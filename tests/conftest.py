@@ -1,0 +1,24 @@
+"""Shared fixtures. The tiny toy world is built once per test session (a few seconds on CPU)."""
+
+import os
+
+import pytest
+
+# Tests never reach a hub; make that explicit even when run without the Makefile.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def toy_config():
+    from cft_rl.toy import ToyBuildConfig
+
+    return ToyBuildConfig.tiny()
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory, toy_config):
+    from cft_rl.toy import build_toy
+
+    return build_toy(tmp_path_factory.mktemp("toy") / "world", toy_config, progress=False)

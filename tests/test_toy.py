@@ -1,0 +1,142 @@
+"""The toy world: a deterministic, diverse, always-correct task, and a base model that loads like a Hub model."""
+
+import random
+import re
+
+import pytest
+import torch
+
+from cft_rl.rewards import verify_batch
+from cft_rl.toy import MANIFEST, ToyBuildConfig, build_toy, is_built, load_toy
+from cft_rl.toy_task import (
+    ToyTaskConfig,
+    generate_problem,
+    generate_splits,
+    render_solution,
+    sample_solutions,
+    split_of,
+    to_records,
+)
+
+SIZES = {"pretrain": 300, "train": 100, "validation": 30, "test": 60}
+EQUATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)")
+
+
+def test_generator_is_deterministic_and_seed_dependent():
+    a, b = generate_splits(SIZES, seed=3), generate_splits(SIZES, seed=3)
+    assert a == b
+    assert generate_splits(SIZES, seed=4) != a
+    rows_a = to_records(a["test"], "test", seed=3)
+    assert rows_a == to_records(b["test"], "test", seed=3)
+
+
+def test_splits_never_share_a_problem():
+    splits = generate_splits(SIZES, seed=0)
+    questions = {name: {p.question for p in problems} for name, problems in splits.items()}
+    assert {name: len(q) for name, q in questions.items()} == SIZES
+    names = list(questions)
+    for i, x in enumerate(names):
+        for y in names[i + 1 :]:
+            assert not questions[x] & questions[y], (x, y)
+        assert all(split_of(q) == x for q in questions[x])
+
+
+def test_problems_respect_their_settings():
+    cfg = ToyTaskConfig(min_steps=3, max_steps=4, max_value=60)
+    rng = random.Random(0)
+    for _ in range(200):
+        p = generate_problem(rng, cfg)
+        steps = sum(2 if e.factor else 1 for e in p.events)
+        assert 3 <= steps <= 4
+        assert 0 <= p.answer <= 60
+
+
+def _check_arithmetic(solution: str, answer: int) -> None:
+    equations = EQUATION.findall(solution)
+    assert equations, solution
+    for a, op, b, c in equations:
+        assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(c), solution
+    assert solution.endswith(("}.", "}", f"}} {solution.split()[-1]}"))
+    assert f"\\boxed{{{answer}}}" in solution
+
+
+def test_every_solution_is_correct_and_the_verifier_agrees():
+    splits = generate_splits({"train": 150, "test": 50}, seed=1)
+    solutions, golds = [], []
+    for problem in splits["train"] + splits["test"]:
+        for solution in sample_solutions(problem, 3, seed=1):
+            _check_arithmetic(solution, problem.answer)
+            solutions.append(solution)
+            golds.append(str(problem.answer))
+    assert verify_batch(solutions, golds) == [1.0] * len(solutions)
+    wrong = [str(int(g) + 1) for g in golds]
+    assert sum(verify_batch(solutions, wrong)) == 0
+
+
+def test_one_problem_has_many_distinct_valid_solutions():
+    rng = random.Random(5)
+    cfg = ToyTaskConfig(min_steps=4, max_steps=5)
+    problem = generate_problem(rng, cfg)
+    solutions = sample_solutions(problem, 30, seed=0, cfg=cfg)
+    assert len(set(solutions)) >= 10
+    openings = {s.split(":")[0].split(",")[0] for s in solutions}
+    assert len(openings) >= 3  # phrasing varies, not only the numbers' wording
+    for s in solutions:
+        _check_arithmetic(s, problem.answer)
+    # same computation, different order of independent steps
+    if any(e.factor for e in problem.events) and len(problem.events) > 1:
+        orders = {tuple(EQUATION.findall(s)) for s in solutions}
+        assert len(orders) >= 2
+
+
+def test_render_is_a_pure_function_of_the_rng():
+    p = generate_problem(random.Random(0), ToyTaskConfig())
+    assert render_solution(p, random.Random(9)) == render_solution(p, random.Random(9))
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="operations"):
+        ToyTaskConfig(operations=("/",))
+    with pytest.raises(ValueError, match="min_steps"):
+        ToyTaskConfig(min_steps=4, max_steps=2)
+    with pytest.raises(ValueError, match="unknown toy splits"):
+        generate_splits({"dev": 3})
+
+
+def test_tiny_world_builds_loads_and_generates(toy_dir, toy_config):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cft_rl.evaluation import generate
+
+    assert is_built(toy_dir, toy_config)
+    model = AutoModelForCausalLM.from_pretrained(toy_dir)
+    tokenizer = AutoTokenizer.from_pretrained(toy_dir)
+    assert model.config.model_type == "qwen2"
+    assert tokenizer.eos_token == "<|im_end|>" and model.config.eos_token_id == tokenizer.eos_token_id
+    _, _, data = load_toy(toy_dir)
+    assert set(data) == {"train", "validation", "test"}
+    assert len(data["test"]) == toy_config.n_test
+    samples = generate(model, tokenizer, data["test"]["prompt"][:2], n=2, temperature=1.0, max_new_tokens=8)
+    assert [len(g) for g in samples] == [2, 2]
+    assert all(0 < s.num_tokens <= 8 and len(s.entropies) == s.num_tokens for g in samples for s in g)
+
+
+def test_build_is_cached_deterministic_and_atomic(toy_dir, toy_config, tmp_path):
+    import time
+
+    start = time.perf_counter()
+    assert build_toy(toy_dir, toy_config, progress=False) == toy_dir
+    assert time.perf_counter() - start < 1.0  # cached: nothing rebuilt
+    again = build_toy(tmp_path / "again", toy_config, progress=False)
+    a = load_toy(toy_dir)[0].state_dict()
+    b = load_toy(again)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(tmp_path.glob(".*.building"))
+    assert (again / MANIFEST).is_file()
+
+
+def test_build_refuses_a_folder_that_is_not_a_toy_build(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a toy build"):
+        build_toy(tmp_path, ToyBuildConfig.tiny(), progress=False)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
