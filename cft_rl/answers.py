@@ -21,10 +21,13 @@ MAX_ANSWER_CHARS = 1000
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 # Escaped braces (``\\{``, set notation) are text, not grouping, as in LaTeX.
 _BRACE_RE = re.compile(r"(?<!\\)[{}]")
-_ANSWER_IS_RE = re.compile(r"(?:final\s+)?answer\s*(?:is|:)\s*:?", re.IGNORECASE)
+# "The answer is therefore 3": filler words after "is" are not the answer.
+_ANSWER_IS_RE = re.compile(
+    r"(?:final\s+)?answer\s*(?:is|:)\s*:?(?:\s*(?:therefore|thus|then|so)\b,?)?", re.IGNORECASE
+)
 _HASHES_RE = re.compile(r"####")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
-_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 
 
 def match_braces(text: str) -> dict[int, int]:

@@ -25,7 +25,7 @@ class RowError(ValueError):
 
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 _MATH_SEGMENT = re.compile(r"\$((?:\\.|[^$\\])+)\$")
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 _GSM8K_CALC = re.compile(r"<<[^<>]*>>")
 # ASDiv appends the unit in parentheses ("9 (apples)"); a letter inside tells a unit from "-(1/3)".
 _ASDIV_UNIT = re.compile(r"(.*?\S)\s+\([^()]*[A-Za-z][^()]*\)")

@@ -36,8 +36,10 @@ def warm_workers():
         ("The final answer is: $\\frac{3}{4}$.", r"\frac{3}{4}"),
         ("Answer: 3.5", "3.5"),
         ("the answer is 7. Wait, no, the answer is 8.", "8"),
+        ("The answer is therefore 3.\n#### 3", "3"),
         ("Natalia sold 24 clips.\n#### 72", "72"),
         ("#### 1,000", "1000"),
+        (r"\boxed{0,245}", "0,245"),  # not a thousands separator: no number starts "0,"
         (r"The answer is (1,2)", "(1,2)"),
         (r"\boxed{12} and later the answer is 13", "12"),  # boxed wins over prose
         ("no final answer here", None),
@@ -79,6 +81,9 @@ VERIFY_CASES = [
     ("no answer at all", "5", 0.0),
     (r"\boxed{5}", 5, 1.0),
     (r"\boxed{2.5}", 2.5, 1.0),
+    (r"\boxed{No solution.}", "No solution.", 1.0),  # prose golds match verbatim, up to cosmetics
+    (r"\boxed{3:30 p.m.}", "3:30 p.m.", 1.0),
+    (r"\boxed{4:30 p.m.}", "3:30 p.m.", 0.0),
 ]
 
 
