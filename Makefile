@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline by design: the toy world needs no hub, and tests must never reach one.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test test-slow quality format bench-verifier clean
+.PHONY: install test test-slow quality format toy bench-verifier bench-toy clean
 
 install: $(STAMP)
 
@@ -31,8 +31,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix cft_rl tests scripts
 	$(BIN)/ruff format cft_rl tests scripts
 
+toy: $(STAMP)
+	$(OFFLINE) $(BIN)/cft-rl toy build --out outputs/toy
+
 bench-verifier: $(STAMP)
 	$(OFFLINE) $(BIN)/python scripts/bench_verifier.py
+
+bench-toy: $(STAMP)
+	$(OFFLINE) $(BIN)/python scripts/bench_toy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

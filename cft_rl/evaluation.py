@@ -115,12 +115,8 @@ def _unbatch(tokenizer, gen, prompt_len: int, n: int, temperature: float) -> lis
 def summarize(groups: Sequence[Sequence[Sample]], golds: Sequence[str], ks: Sequence[int] = ()) -> dict:
     """Accuracy (mean over all samples), pass@k, distinct completions and mean token entropy."""
     flat = [s for g in groups for s in g]
-    scores = [
-        v.score or 0.0
-        for v in check_batch(
-            [s.text for s in flat], [g for g, grp in zip(golds, groups, strict=True) for _ in grp]
-        )
-    ]
+    repeated_golds = [gold for gold, group in zip(golds, groups, strict=True) for _ in group]
+    scores = [v.score or 0.0 for v in check_batch([s.text for s in flat], repeated_golds)]
     n = len(groups[0]) if groups else 0
     correct = [sum(scores[i * n : (i + 1) * n]) for i in range(len(groups))]
     metrics = {"accuracy": sum(scores) / max(1, len(scores))}

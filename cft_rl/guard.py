@@ -118,6 +118,12 @@ class GuardedPool:
                 self._idle.remove(w)
                 w.conn.close()
             self._count -= len(dead)
+            # Ready workers first: a replacement still importing its module (after a kill) should not
+            # make the next caller wait while an idle, booted worker is at hand.
+            for w in self._idle:
+                if not w.ready and w.conn.poll(0) and w.conn.recv() == READY:
+                    w.ready = True
+            self._idle.sort(key=lambda w: not w.ready)
             taken = self._idle[:wanted]
             del self._idle[:wanted]
             while len(taken) < wanted and self._count < self.max_workers:

@@ -43,6 +43,26 @@ _CHOICE_PRED_RE = re.compile(r"^\(?([A-Ea-e])\)?(?:$|[\s:.)])")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}")
 
 
+# Inputs a policy can produce that must neither hang nor crash the verifier: sympy towers that never
+# finish, megabyte ramblings, unbalanced braces by the thousand, broken unicode, missing values. Each
+# must score 0.0 within timeout + 1 s. The tests and the speed benchmark both run this set.
+PATHOLOGICAL_INPUTS: tuple[tuple[object, object], ...] = (
+    (r"\boxed{9^{9^{9^{9}}}}", "5"),
+    (r"\boxed{5}", "9^{9^{9^{9}}}"),
+    (r"\boxed{(10^{10^{10}})!}", "1"),
+    ("x" * 1_000_000, "5"),
+    ("x" * 1_000_000 + r"\boxed{" + "9" * 999 + "}", "5"),
+    ("{" * 10_000 + r"\boxed{" + "{" * 10_000, "5"),
+    (r"\boxed{" + "{" * 400 + "}" * 400 + "}", "5"),
+    ("\ud800\udfff\\boxed{\ud800}", "5"),
+    (None, "5"),
+    ("", "5"),
+    (r"\boxed{5}", None),
+    (r"\boxed{5}", ""),
+    (float("nan"), float("inf")),
+)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The outcome of one verification.

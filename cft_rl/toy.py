@@ -60,12 +60,12 @@ class ToyBuildConfig:
     n_test: int = 500
     solutions_per_problem: int = 2
     vocab_size: int = 512
-    hidden_size: int = 192
-    num_layers: int = 4
-    num_heads: int = 6
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 512
-    steps: int = 700
+    intermediate_size: int = 384
+    steps: int = 740
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
@@ -245,6 +245,10 @@ def _batches(tokenizer, corpus: list[tuple[str, str]], batch_size: int, seed: in
 
 def _pretrain(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool):
     torch.set_num_threads(config.threads)
+    # Adam's second moments of a tiny model's gradients sink into float32 denormals, on which x86 CPUs
+    # run matmuls ~100x slower (measured here: a 4096x160x480 product, 15 ms -> 1.5 s). Flushing them
+    # to zero changes nothing a model can learn and keeps the build inside its time budget.
+    torch.set_flush_denormal(True)
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.01
@@ -258,7 +262,10 @@ def _pretrain(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool):
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * warm * cosine
         ids, labels = next(batches)
-        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
+        # Batches are right-padded, so under causal attention no real token ever sees a pad: no mask is
+        # needed, and without one SDPA takes its fused causal path (about 1.5x faster here). Pads carry
+        # label -100, so they add nothing to the loss.
+        loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -60,10 +60,10 @@ class ToyTaskConfig:
     min_steps: int = 2
     max_steps: int = 5
     operations: tuple[str, ...] = OPS
-    max_start: int = 30
-    max_operand: int = 12
-    max_factor: int = 5
-    max_value: int = 150
+    max_start: int = 20
+    max_operand: int = 9
+    max_factor: int = 4
+    max_value: int = 60
     distractor_prob: float = 0.3
     reorder_prob: float = 0.5
     restate_prob: float = 0.3

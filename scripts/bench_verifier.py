@@ -25,17 +25,7 @@ from cft_rl.reports import markdown_table, write_section
 SOLUTION_SETS = ("gsm8k_train", "gsm8k_test", "math500", "minerva_math")
 TARGET = 0.995
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
-ADVERSARIAL = [
-    (r"\boxed{9^{9^{9^{9}}}}", "5"),
-    (r"\boxed{5}", "9^{9^{9^{9}}}"),
-    ("x" * 1_000_000, "5"),
-    ("x" * 1_000_000 + r"\boxed{" + "9" * 999 + "}", "5"),
-    ("{" * 10_000 + r"\boxed{" + "{" * 10_000, "5"),
-    ("\ud800\udfff\\boxed{\ud800}", "5"),
-    (None, "5"),
-    ("", "5"),
-    (r"\boxed{(10^{10^{10}})!}", "1"),
-]
+ADVERSARIAL = rewards.PATHOLOGICAL_INPUTS
 
 
 def wrong_answer(answers: list[str], i: int) -> str:
@@ -120,12 +110,14 @@ def timed_modes(preds: list, golds: list, repeats: int = 3) -> dict:
     for _ in range(repeats):
         _fresh_workers()
         run = []
+        loop_start = time.perf_counter()
         for p, g in zip(preds, golds, strict=True):
             start = time.perf_counter()
             rewards.verify(p, g)
             run.append(time.perf_counter() - start)
-        if len(preds) / sum(run) > single:
-            single, latencies = len(preds) / sum(run), run
+        rate = len(preds) / (time.perf_counter() - loop_start)  # wall time, as for the batch
+        if rate > single:
+            single, latencies = rate, run
         _fresh_workers()
         start = time.perf_counter()
         rewards.verify_batch(preds, golds)
@@ -136,7 +128,7 @@ def timed_modes(preds: list, golds: list, repeats: int = 3) -> dict:
 
 def speed_section(args) -> str:
     ds = load_benchmark("gsm8k_test", data_root=args.data_root, limit=args.limit)
-    solutions, golds = ds["solution"], ds["answer"]
+    solutions, golds = list(ds["solution"]), list(ds["answer"])  # plain lists: no column access in timings
     # The reference solutions state the gold verbatim, which the verifier settles without sympy. A reward
     # also sees wrong answers and equivalent rewrites, which need the symbolic path: one of each per row.
     mixed_preds, mixed_golds = [], []
@@ -180,8 +172,9 @@ def speed_section(args) -> str:
     )
     return (
         f"{table}\n\nBest of 3 runs per mode, each on fresh workers. Target: batch ≥ 1.8x single on work that needs the symbolic path (the mixed row); "
-        "verbatim answers are settled in-process before any worker is involved, so both modes run at the same "
-        f"in-process speed there.\n\nWorst case over {len(ADVERSARIAL)} adversarial inputs: {worst:.2f} s "
+        "verbatim answers (the reference row) are settled in-process before any worker is involved: both "
+        "modes do the same tens of microseconds of string work per pair there, and a whole run takes "
+        f"~30-50 ms, so that row's ratio is timing noise.\n\nWorst case over {len(ADVERSARIAL)} adversarial inputs: {worst:.2f} s "
         f"(timeout {rewards.DEFAULT_TIMEOUT_S:.0f} s, promised bound {rewards.DEFAULT_TIMEOUT_S + 1:.0f} s)."
     )
 

@@ -100,20 +100,7 @@ def test_check_explains_the_score():
     assert check(r"\boxed{7}", None).status == "bad_gold"
 
 
-PATHOLOGICAL = [
-    (r"\boxed{9^{9^{9^{9}}}}", "5"),
-    (r"\boxed{5}", "9^{9^{9^{9}}}"),
-    ("x" * 1_000_000, "5"),
-    ("x" * 1_000_000 + r"\boxed{" + "9" * 999 + "}", "5"),
-    ("{" * 10_000 + r"\boxed{" + "{" * 10_000, "5"),
-    (r"\boxed{" + "{" * 400 + "}" * 400 + "}", "5"),
-    ("\ud800\udfff\\boxed{\ud800}", "5"),
-    (None, "5"),
-    ("", "5"),
-    (r"\boxed{5}", None),
-    (r"\boxed{5}", ""),
-    (float("nan"), float("inf")),
-]
+PATHOLOGICAL = rewards.PATHOLOGICAL_INPUTS
 
 
 @pytest.mark.parametrize("prediction, gold", PATHOLOGICAL, ids=range(len(PATHOLOGICAL)))
