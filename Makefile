@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline by design: the toy world needs no hub, and tests must never reach one.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test test-slow quality format toy bench-verifier bench-toy clean
+.PHONY: install test test-slow quality format demo toy bench-verifier bench-toy clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ quality: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix cft_rl tests scripts
 	$(BIN)/ruff format cft_rl tests scripts
+
+demo:
+	@echo "make demo arrives with the SFT -> GRPO pipeline; until then 'make toy' builds the toy world." >&2
+	@exit 1
 
 toy: $(STAMP)
 	$(OFFLINE) $(BIN)/cft-rl toy build --out outputs/toy
