@@ -115,8 +115,10 @@ def extract_answer(text: object) -> str | None:
     if not isinstance(text, str) or not text:
         return None
     candidates = (last_boxed_content(text), _after_last(_ANSWER_IS_RE, text), _after_last(_HASHES_RE, text))
-    for raw in candidates:
-        if raw is None:
+    for rank, raw in enumerate(candidates):
+        # A box inside a fallback candidate is one left unclosed (a complete box wins first): the
+        # answer was cut off, and a cut-off answer is no answer.
+        if raw is None or (rank > 0 and _BOX_RE.search(raw)):
             continue
         answer = strip_thousands(_strip_math_wrappers(raw))
         if answer and len(answer) <= MAX_ANSWER_CHARS:

@@ -112,23 +112,29 @@ class GuardedPool:
         with self._cond:
             while not self._idle and self._count >= self.max_workers:
                 self._cond.wait()
-            # An idle worker may have died since (OOM killer, a stray kill): drop it, not a job.
-            dead = [w for w in self._idle if w.proc.poll() is not None]
-            for w in dead:
-                self._idle.remove(w)
-                w.conn.close()
-            self._count -= len(dead)
-            # Ready workers first: a replacement still importing its module (after a kill) should not
-            # make the next caller wait while an idle, booted worker is at hand.
-            for w in self._idle:
-                if not w.ready and w.conn.poll(0) and w.conn.recv() == READY:
-                    w.ready = True
-            self._idle.sort(key=lambda w: not w.ready)
+            self._tidy_idle()
             taken = self._idle[:wanted]
             del self._idle[:wanted]
             while len(taken) < wanted and self._count < self.max_workers:
                 taken.append(self._spawn())
             return taken
+
+    def _tidy_idle(self) -> None:
+        """Drop idle workers that died since (OOM killer, a stray kill), and put booted ones first:
+        a replacement still importing its module after a kill must not delay the next caller while
+        an idle, booted worker is at hand. Called with the lock held."""
+        for w in list(self._idle):
+            try:
+                alive = w.proc.poll() is None
+                if alive and not w.ready and w.conn.poll(0):
+                    w.ready = w.conn.recv() == READY
+            except (EOFError, OSError):
+                alive = False
+            if not alive:
+                self._idle.remove(w)
+                w.conn.close()
+                self._count -= 1
+        self._idle.sort(key=lambda w: not w.ready)
 
     def _spawn(self) -> _Worker:
         self._count += 1

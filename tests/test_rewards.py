@@ -43,6 +43,7 @@ def warm_workers():
         (r"The answer is (1,2)", "(1,2)"),
         (r"\boxed{12} and later the answer is 13", "12"),  # boxed wins over prose
         ("no final answer here", None),
+        (r"The answer is \boxed{41", None),  # cut off mid-box: no answer, not "41"
         ("", None),
         (None, None),
         (b"\\boxed{9}", "9"),
