@@ -132,6 +132,8 @@ def test_build_is_cached_deterministic_and_atomic(toy_dir, toy_config, tmp_path)
     b = load_toy(again)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list(tmp_path.glob(".*.building"))
+    # the build's process-wide CPU settings are restored: subnormal floats still exist afterwards
+    assert (torch.tensor(1e-38) / 100).item() != 0.0
     assert (again / MANIFEST).is_file()
 
 
