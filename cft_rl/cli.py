@@ -51,6 +51,55 @@ def _cmd_toy_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cft_rl.annotate import AnnotateConfig, run_annotation
+
+    values = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if k in _ANNOTATE_FLAGS and v is not None}
+    config = AnnotateConfig.from_dict({**values, **flags})  # flags override the YAML
+    print(f"annotation written to {run_annotation(config)}")
+    return 0
+
+
+_ANNOTATE_FLAGS = [
+    "model",
+    "dataset",
+    "out",
+    "split",
+    "source",
+    "limit",
+    "num_shards",
+    "shard_index",
+    "engine",
+    "num_alternatives",
+    "max_continuation_tokens",
+    "max_solution_tokens",
+    "max_new_tokens",
+]
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    import datasets
+
+    from cft_rl.render import render_terminal, write_html
+
+    path = Path(args.dir)
+    path = path / "dataset" if (path / "dataset").is_dir() else path
+    if not path.is_dir():
+        raise ValueError(
+            f"{args.dir} holds no annotation dataset; run `cft-rl annotate --out {args.dir}` first"
+        )
+    rows = datasets.load_from_disk(str(path))
+    shown = rows.select(range(min(args.limit, len(rows))))
+    for row in shown:
+        print(render_terminal(row, color=not args.no_color and sys.stdout.isatty()), end="\n\n")
+    if args.html:
+        print(f"wrote {write_html(rows, args.html)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cft-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="the seconds-long variant used by the tests")
     p.set_defaults(func=_cmd_toy_build)
+
+    p = sub.add_parser(
+        "annotate",
+        help="annotate critical tokens of a dataset's solutions (CFT)",
+        description="Each flag is the AnnotateConfig field of that name (see cft_rl.annotate).",
+    )
+    p.add_argument("--config", default=None, help="YAML file of AnnotateConfig settings; flags override")
+    for flag in _ANNOTATE_FLAGS:
+        numeric = flag in ("limit", "num_shards", "shard_index") or flag.startswith(("num_", "max_"))
+        p.add_argument("--" + flag.replace("_", "-"), type=int if numeric else str, default=None)
+    p.set_defaults(func=_cmd_annotate)
+
+    p = sub.add_parser("render", help="show an annotation's critical tokens in the terminal and as HTML")
+    p.add_argument("dir", help="an annotate --out folder (or its dataset/ folder)")
+    p.add_argument("--limit", type=int, default=5, help="rows to print")
+    p.add_argument("--html", default=None, help="write a self-contained HTML page of all rows here")
+    p.add_argument("--no-color", action="store_true")
+    p.set_defaults(func=_cmd_render)
     return parser
 
 
