@@ -194,21 +194,12 @@ def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
     """The dataset rows, and how many rows the loader could not read (skipped, never fatal)."""
     from cft_rl.data import load_math_dataset
 
-    # The loader only logs its skip count; catch that record instead of re-implementing its parsing.
-    counts: list[int] = []
-
-    class _Catch(logging.Handler):
-        def emit(self, record):
-            if record.msg.startswith("skipped %d rows"):
-                counts.append(int(record.args[0]))
-
-    handler, data_logger = _Catch(), logging.getLogger("cft_rl.data")
-    data_logger.addHandler(handler)
-    try:  # errors="skip": a bad row is counted, never fatal
-        ds = load_math_dataset(config.dataset, split=config.split, limit=config.limit, errors="skip")
-    finally:
-        data_logger.removeHandler(handler)
-    return ds.to_list(), sum(counts)
+    skipped: Counter = Counter()
+    # errors="skip": a bad row is counted, never fatal
+    ds = load_math_dataset(
+        config.dataset, split=config.split, limit=config.limit, errors="skip", skipped=skipped
+    )
+    return ds.to_list(), sum(skipped.values())
 
 
 def _solution(config: AnnotateConfig, model, tokenizer, row: dict) -> tuple[str | None, str | None]:

@@ -270,15 +270,20 @@ def load_math_dataset(
     data_root: str | os.PathLike | None = None,
     limit: int | None = None,
     errors: str = "raise",
+    skipped: Counter | None = None,
 ) -> datasets.Dataset:
     """The ``--dataset NAME_OR_PATH`` entry: a benchmark name, a local file or folder, or a hub id.
 
     Benchmarks ignore ``split`` and the field names (their schemas are known). Other sources map the
-    named fields onto the record shape; rows that carry their own ``prompt`` keep it.
+    named fields onto the record shape; rows that carry their own ``prompt`` keep it. With
+    ``errors="skip"``, pass a ``Counter`` as ``skipped`` to receive the skip reasons and counts.
     """
     name = str(name_or_path)
     if name in BENCHMARKS:
-        return load_benchmark(name, data_root=data_root, limit=limit, errors=errors)
+        records, counts = read_benchmark_records(name, data_root=data_root, limit=limit, errors=errors)
+        if skipped is not None:
+            skipped.update(counts)
+        return _to_dataset(records)
     path = Path(name).expanduser()
     if path.exists():
         rows, unit = _read_local(path, split)
@@ -304,7 +309,9 @@ def load_math_dataset(
             "prompt": row.get("prompt") or build_prompt(question),
         }
 
-    records, _ = _collect(rows, make_record, where, errors, limit)
+    records, counts = _collect(rows, make_record, where, errors, limit)
+    if skipped is not None:
+        skipped.update(counts)
     # Prompts that came with the data may be plain strings or carry extra keys: those keep their own type.
     chat_shaped = all(
         isinstance(r["prompt"], list) and all(set(m) == {"role", "content"} for m in r["prompt"])

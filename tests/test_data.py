@@ -362,3 +362,14 @@ def test_load_math_dataset_missing_path_and_hub_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="could not load 'someone/some-math'.*benchmark name"):
         load_math_dataset("someone/some-math")
+
+
+def test_load_math_dataset_reports_skip_reasons(tmp_path):
+    from collections import Counter
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "q1", "answer": "1"}\nnot json\n{"question": "q3"}\n')
+    skipped = Counter()
+    ds = load_math_dataset(path, errors="skip", skipped=skipped)
+    assert len(ds) == 1
+    assert sum(skipped.values()) == 2
