@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 
-from cft_rl.answers import extract_answer
 from cft_rl.rewards import check_batch
 
 
@@ -113,6 +112,20 @@ def greedy_completion(model, tokenizer, prefix_ids: list[int], max_new_tokens: i
     return out[0].tolist()
 
 
+def make_annotation(tokenizer, position, token_id, span, tried, answers, scores) -> TokenAnnotation:
+    """The :class:`TokenAnnotation` of one position from what its alternatives gave (both engines)."""
+    return TokenAnnotation(
+        position=position,
+        token_id=token_id,
+        token=tokenizer.decode([token_id]),
+        critical=critical_from_verdicts(scores),
+        alternatives=tried,
+        alternative_answers=answers,
+        char_start=span[0],
+        char_end=span[1],
+    )
+
+
 @torch.no_grad()
 def annotate_reference(
     model,
@@ -141,22 +154,11 @@ def annotate_reference(
             )
             # Decoded as TRL decodes completions: special tokens (the eos) dropped.
             text = tokenizer.decode(full[n_prompt:], skip_special_tokens=True)
-            score = check_batch([text], [gold])[0].score
+            verdict = check_batch([text], [gold])[0]
             tried.append(alt)
-            answers.append(extract_answer(text))
-            scores.append(score)
-            if score == 1.0:  # early stop: one correct alternative already makes y_t non-critical
+            answers.append(verdict.extracted)  # the verifier's own extraction of the final answer
+            scores.append(verdict.score)
+            if verdict.score == 1.0:  # early stop: one correct alternative already makes y_t non-critical
                 break
-        annotations.append(
-            TokenAnnotation(
-                position=t,
-                token_id=token_id,
-                token=tokenizer.decode([token_id]),
-                critical=critical_from_verdicts(scores),
-                alternatives=tried,
-                alternative_answers=answers,
-                char_start=offsets[t][0],
-                char_end=offsets[t][1],
-            )
-        )
+        annotations.append(make_annotation(tokenizer, t, token_id, offsets[t], tried, answers, scores))
     return annotations

@@ -28,8 +28,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from cft_rl.annotate_core import TokenAnnotation, critical_from_verdicts, encode_example, ranked_alternatives
-from cft_rl.answers import extract_answer
+from cft_rl.annotate_core import TokenAnnotation, encode_example, make_annotation, ranked_alternatives
 from cft_rl.rewards import check_batch
 
 
@@ -215,22 +214,13 @@ def annotate_fast(
         # Decoded as the reference (and TRL) decodes: completion part only, special tokens dropped.
         texts = [tokenizer.decode(h + c, skip_special_tokens=True) for h, c in zip(heads, tails, strict=True)]
         verdicts = check_batch(texts, [gold] * len(texts))
-        for t, text, verdict in zip(todo, texts, verdicts, strict=True):
+        for t, verdict in zip(todo, verdicts, strict=True):
             tried[t].append(alternatives[t][rank])
-            answers[t].append(extract_answer(text))
+            answers[t].append(verdict.extracted)  # the verifier's own extraction of the final answer
             scores[t].append(verdict.score)
         # Early stop as in the reference: a correct alternative settles the position.
         undecided = [t for t in todo if scores[t][-1] != 1.0]
     return [
-        TokenAnnotation(
-            position=t,
-            token_id=tok,
-            token=tokenizer.decode([tok]),
-            critical=critical_from_verdicts(scores[t]),
-            alternatives=tried[t],
-            alternative_answers=answers[t],
-            char_start=offsets[t][0],
-            char_end=offsets[t][1],
-        )
+        make_annotation(tokenizer, t, tok, offsets[t], tried[t], answers[t], scores[t])
         for t, tok in enumerate(completion_ids)
     ]
