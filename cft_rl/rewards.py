@@ -98,13 +98,23 @@ def _unwrap_math(text: str) -> str:
     return _DOLLAR_RE.sub(" ", text).strip()
 
 
+def normalize_answer(answer: str | None) -> str | None:
+    """An extracted answer up to cosmetics (spaces, ``\\left``, ``$``, thin spaces); None stays None.
+
+    Only textual: ``1/2`` and ``0.5`` stay distinct (equivalence needs sympy, see :func:`check`).
+    """
+    if answer is None:
+        return None
+    return _COSMETIC_RE.sub("", answer.strip()) or None
+
+
 def _same_text(a: str, b: str) -> bool:
     """Identical up to cosmetics: correct without parsing, and without a trip to a worker.
 
     This is how prose golds ("No solution.", "3:30 p.m.") can be matched at all, and it makes the
     common case of a reward, a model writing the gold verbatim, cost microseconds.
     """
-    return _COSMETIC_RE.sub("", a.strip()) == _COSMETIC_RE.sub("", b.strip())
+    return normalize_answer(a) == normalize_answer(b)
 
 
 @functools.lru_cache(maxsize=8192)

@@ -15,7 +15,6 @@ killed build leaves nothing half-written) and cached (same settings: return at o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from cft_rl.cpu import cpu_float_math
 from cft_rl.toy_task import ToyTaskConfig, generate_splits, sample_solutions, to_records
 
 logger = logging.getLogger(__name__)
@@ -244,27 +244,8 @@ def _batches(tokenizer, corpus: list[tuple[str, str]], batch_size: int, seed: in
             yield ids, labels
 
 
-@contextlib.contextmanager
-def _cpu_training_math(threads: int):
-    """Fixed thread count (results depend on the reduction order) and float32 denormals flushed.
-
-    Adam's second moments of a tiny model's gradients sink into denormals, on which x86 CPUs run
-    matmuls ~100x slower (measured here: a 4096x160x480 product, 15 ms -> 1.5 s). Flushing them to zero
-    changes nothing a model can learn. Both settings are process-wide, so they are restored on exit:
-    left on, flushing breaks code that relies on subnormals (hypothesis refuses to run, for one).
-    """
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)  # torch's default; it offers no getter to restore from
-        torch.set_num_threads(previous_threads)
-
-
 def _pretrain(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool):
-    with _cpu_training_math(config.threads):
+    with cpu_float_math(config.threads):
         return _pretrain_loop(model, tokenizer, corpus, config, progress)
 
 

@@ -29,23 +29,30 @@ def test_matches_the_reference(toy, k, n_rows, budget):
         assert got == expected  # every field: flags, alternatives tried, their answers, offsets
 
 
-def test_batch_size_does_not_change_results(toy):
+def test_engine_settings_do_not_change_results(toy):
     model, tokenizer, data = toy
     row = _short_rows(data, 1)[0]
     args = (model, tokenizer, row["prompt"], row["solution"], row["answer"], 2, 30)
-    assert annotate_fast(*args, batch_size=1) == annotate_fast(*args, batch_size=64)
+    expected = annotate_fast(*args, batch_size=64)
+    assert annotate_fast(*args, batch_size=1, eager_alternatives=False) == expected
+    assert annotate_fast(*args, batch_size=7, draft_tokens=4) == expected
+    # Eager decoding tries more branches but keeps only what the early stop would have tried.
+    assert any(len(a.alternatives) == 1 for a in expected)
 
 
-def test_backend_continues_like_generate(toy):
+@pytest.mark.parametrize("draft_tokens", [0, 3])
+def test_backend_continues_like_generate(toy, draft_tokens):
     from cft_rl.annotate_core import encode_example, greedy_completion
 
     model, tokenizer, data = toy
     row = data["test"][0]
     prompt_ids, completion_ids, _ = encode_example(tokenizer, row["prompt"], row["solution"])
-    backend = HFBackend(model, tokenizer, batch_size=4)
+    backend = HFBackend(model, tokenizer, batch_size=4, draft_tokens=draft_tokens)
     backend.rank(prompt_ids + completion_ids)
-    # Mixed lengths in one batch, an eos-ended prefix (nothing to continue) and a zero budget.
+    # Mixed lengths in one batch (the unperturbed one re-joins its draft), an eos-ended prefix
+    # (nothing to continue) and a zero budget.
     prefixes = [prompt_ids + completion_ids[:t] + [completion_ids[t]] for t in (0, 3, 7)]
+    prefixes.append(prompt_ids + completion_ids[:5] + [completion_ids[9]])
     prefixes.append(prompt_ids + [tokenizer.eos_token_id])
     got = backend.continue_greedy(prefixes, 12)
     for prefix, tail in zip(prefixes, got, strict=True):
@@ -53,3 +60,28 @@ def test_backend_continues_like_generate(toy):
     assert backend.continue_greedy(prefixes[:1], 0) == [[]]
     with pytest.raises(ValueError, match="ranked sequence"):
         backend.continue_greedy([[tokenizer.eos_token_id + 1, 5, 6]], 3)
+
+
+def test_branch_attention_equals_a_plain_forward(toy):
+    """Logits of branches read off a shared cache equal the model's own forward on each full branch."""
+    import torch
+
+    from cft_rl.branch_decoding import Branches
+
+    model, _, _ = toy
+    shared = list(range(5, 45))
+    with torch.no_grad():
+        kv = model(input_ids=torch.tensor([shared]), use_cache=True).past_key_values
+        branches = Branches([(layer.keys, layer.values) for layer in kv.layers], [10, 25, 40])
+        fed = torch.tensor([[7, 8, 9], [11, 0, 0], [12, 13, 0]])
+        valid = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+        got = branches.step(model, fed, valid)
+        branches.advance([3, 1, 2])
+        got_next = branches.step(model, torch.tensor([[50], [51], [52]]), torch.ones(3, 1, dtype=torch.bool))
+        for b, n in enumerate([10, 25, 40]):
+            real = fed[b][valid[b]].tolist()
+            full = torch.tensor([shared[:n] + real + [50 + b]])
+            expected = model(input_ids=full).logits[0]
+            torch.testing.assert_close(got[b, : len(real)], expected[n : n + len(real)], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got_next[b, 0], expected[-1], atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation != "cft_rl_branches"  # restored after each step
