@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,10 @@ ENGINES = ("reference", "fast")
 # Why a row was skipped. "unreadable": the loader could not read it (e.g. no gold answer at all).
 SKIP_REASONS = ("unreadable", "bad_gold", "empty_solution", "no_solution", "too_long")
 SKIP_REASONS += ("wrong_self_solution", "bad_tokenization")
+_WAIT_POLL_S = 2.0
 # Settings that do not change a row's annotation; every other one must match for a shard to resume.
 _NEUTRAL_FIELDS = ("out", "engine", "shard_index", "push_to_hub", "batch_size", "eager_alternatives")
-_NEUTRAL_FIELDS += ("draft_tokens",)
+_NEUTRAL_FIELDS += ("draft_tokens", "wait_for_shards")
 
 
 @dataclass
@@ -63,6 +65,9 @@ class AnnotateConfig:
         shard_index: This worker's shard. None: ``$RANK`` if set, else 0.
         seed: Torch seed set before any generation (greedy decoding does not depend on it).
         push_to_hub: Hub dataset repo to push the merged dataset to; None: do not push.
+        wait_for_shards: Shard 0 waits for the other shards' files to complete, then merges. None:
+            wait when started by a launcher (``$WORLD_SIZE`` set, e.g. ``accelerate launch``), whose
+            workers all finish together; otherwise shard 0 merges only if the others are already done.
     """
 
     model: str
@@ -83,6 +88,7 @@ class AnnotateConfig:
     shard_index: int | None = None
     seed: int = 0
     push_to_hub: str | None = None
+    wait_for_shards: bool | None = None
 
     def __post_init__(self):
         for name, valid in (("source", SOURCES), ("engine", ENGINES)):
@@ -93,6 +99,8 @@ class AnnotateConfig:
             self.num_shards = int(os.environ.get("WORLD_SIZE", 1))
         if self.shard_index is None:
             self.shard_index = int(os.environ.get("RANK", 0))
+        if self.wait_for_shards is None:
+            self.wait_for_shards = "WORLD_SIZE" in os.environ
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"shard_index {self.shard_index} is not in [0, num_shards={self.num_shards})")
         if self.num_alternatives < 1:
@@ -391,6 +399,10 @@ def run_annotation(config: AnnotateConfig) -> Path:
     shard = run_shard(config)
     if config.shard_index != 0:
         return shard
+    while config.wait_for_shards and not shards_complete(config.out):
+        # Files, not a process group: the same wait works for workers started by hand on a shared disk.
+        logger.info("shard 0 done; waiting for the other shards in %s", config.out)
+        time.sleep(_WAIT_POLL_S)
     if not shards_complete(config.out):
         logger.warning("other shards unfinished: rerun shard 0 or merge(%r) when they are done", config.out)
         return shard

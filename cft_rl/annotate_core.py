@@ -88,11 +88,20 @@ def encode_example(tokenizer, prompt_messages, solution: str):
     return prompt_ids, completion_ids, offsets
 
 
+def top_tokens(logits: torch.Tensor, n: int) -> list[list[int]]:
+    """Per row of ``logits [..., vocab]``, the ``n`` most likely token ids, best first (ties: lower id)."""
+    # A stable sort makes tie-breaking deterministic, so every engine and backend ranks alike.
+    return torch.sort(logits.float(), dim=-1, descending=True, stable=True).indices[..., :n].tolist()
+
+
+def alternatives_from(ranked: list[int], actual: int, k: int) -> list[int]:
+    """The first ``k`` of ``ranked`` (best first, at least ``k + 1`` long) other than ``actual``."""
+    return [i for i in ranked if i != actual][:k]
+
+
 def ranked_alternatives(logits: torch.Tensor, actual: int, k: int) -> list[int]:
     """The ``k`` most likely token ids other than ``actual``, best first (ties: lower id first)."""
-    # A stable sort makes tie-breaking deterministic, so a faster implementation can match it exactly.
-    order = torch.sort(logits.float(), descending=True, stable=True).indices
-    return [i for i in order[: k + 1].tolist() if i != actual][:k]
+    return alternatives_from(top_tokens(logits, k + 1), actual, k)
 
 
 def greedy_completion(model, tokenizer, prefix_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -30,7 +30,13 @@ from __future__ import annotations
 
 import torch
 
-from cft_rl.annotate_core import TokenAnnotation, encode_example, make_annotation, ranked_alternatives
+from cft_rl.annotate_core import (
+    TokenAnnotation,
+    alternatives_from,
+    encode_example,
+    make_annotation,
+    top_tokens,
+)
 from cft_rl.branch_decoding import Branches
 from cft_rl.rewards import Verdict, check_batch
 
@@ -57,14 +63,17 @@ class HFBackend:
         self._drafts = NgramDraft([])
 
     @torch.no_grad()
-    def rank(self, ids: list[int]) -> torch.Tensor:
-        """Float32 next-token logits ``[len(ids), vocab]``; keeps the cache for ``continue_greedy``."""
+    def rank(self, ids: list[int], top: int) -> list[list[int]]:
+        """Row ``j``: the ``top`` likeliest tokens after ``ids[: j + 1]``, best first (ties: lower id).
+
+        Keeps the forward's cache for ``continue_greedy``.
+        """
         self.model.eval()
         out = self.model(input_ids=torch.tensor([ids], device=self.model.device), use_cache=True)
         self._ids = list(ids)
         self._kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._drafts = NgramDraft(self._ids)
-        return out.logits[0].float()
+        return top_tokens(out.logits[0], top)
 
     @torch.no_grad()
     def continue_greedy(self, prefixes: list[list[int]], max_new_tokens: int) -> list[list[int]]:
@@ -174,6 +183,11 @@ class NgramDraft:
         return []
 
 
+def _by_rank(entry: dict, top: int) -> list[int]:
+    ranked = sorted((lp.rank, token) for token, lp in entry.items() if lp.rank is not None and lp.rank <= top)
+    return [token for _, token in ranked]
+
+
 class VLLMBackend:
     """The same two methods on vLLM (imported lazily: it is an optional, GPU-side dependency).
 
@@ -183,8 +197,19 @@ class VLLMBackend:
     def __init__(self, llm, tokenizer):
         self.llm, self.eos = llm, tokenizer.eos_token_id
 
-    def rank(self, ids: list[int]) -> torch.Tensor:
-        raise NotImplementedError("ranking needs full-vocabulary logits; use HFBackend.rank for it")
+    def rank(self, ids: list[int], top: int) -> list[list[int]]:
+        """As :meth:`HFBackend.rank`, from vLLM's prompt logprobs (one prefill, prefix-cached after)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top, logprobs=top)
+        result = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids))], params)[0]
+        # prompt_logprobs[i] is the distribution of ids[i] given ids[:i] (None for i = 0), and holds
+        # the top entries plus ids[i] itself; keep the top ones, by vLLM's rank. The last row (after
+        # the whole sequence) comes from the one sampled step.
+        rows = [_by_rank(entry, top) for entry in result.prompt_logprobs[1:]]
+        last = result.outputs[0].logprobs
+        rows.append(_by_rank(last[0], top) if last else [])
+        return rows
 
     def continue_greedy(self, prefixes: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         from vllm import SamplingParams, TokensPrompt
@@ -221,9 +246,9 @@ def annotate_fast(
     backend = backend or HFBackend(model, tokenizer, batch_size, draft_tokens)
     prompt_ids, completion_ids, offsets = encode_example(tokenizer, prompt_messages, solution)
     n_prompt = len(prompt_ids)
-    logits = backend.rank(prompt_ids + completion_ids)
+    ranked = backend.rank(prompt_ids + completion_ids, num_alternatives + 1)
     alternatives = [
-        ranked_alternatives(logits[n_prompt + t - 1], tok, num_alternatives)
+        alternatives_from(ranked[n_prompt + t - 1], tok, num_alternatives)
         for t, tok in enumerate(completion_ids)
     ]
     verdicts: dict[tuple[int, int], Verdict] = {}

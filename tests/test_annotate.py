@@ -128,6 +128,24 @@ def test_two_shards_merge_to_the_one_shard_dataset(toy_dir, good_rows, one_shard
     assert json.loads((tmp_path / "summary.json").read_text()) == one_shard[1]
 
 
+def test_shard_zero_waits_for_the_others_under_a_launcher(toy_dir, good_rows, one_shard, tmp_path):
+    import threading
+    import time
+
+    from cft_rl.annotate import run_shard
+
+    def late_worker():
+        time.sleep(1.0)
+        run_shard(_config(toy_dir, good_rows, tmp_path, num_shards=2, shard_index=1))
+
+    worker = threading.Thread(target=late_worker)
+    worker.start()
+    config = _config(toy_dir, good_rows, tmp_path, num_shards=2, shard_index=0, wait_for_shards=True)
+    merged = run_annotation(config)
+    worker.join()
+    assert datasets.load_from_disk(str(merged)).to_list() == one_shard[0].to_list()
+
+
 def test_bad_rows_are_counted_not_fatal(toy_dir, tmp_path):
     q = "Ann has 2 apples and buys 3 more. How many apples does Ann have now?"
     rows = [

@@ -48,7 +48,8 @@ def test_backend_continues_like_generate(toy, draft_tokens):
     row = data["test"][0]
     prompt_ids, completion_ids, _ = encode_example(tokenizer, row["prompt"], row["solution"])
     backend = HFBackend(model, tokenizer, batch_size=4, draft_tokens=draft_tokens)
-    backend.rank(prompt_ids + completion_ids)
+    ranked = backend.rank(prompt_ids + completion_ids, 3)
+    assert len(ranked) == len(prompt_ids + completion_ids) and all(len(r) == 3 for r in ranked)
     # Mixed lengths in one batch (the unperturbed one re-joins its draft), an eos-ended prefix
     # (nothing to continue) and a zero budget.
     prefixes = [prompt_ids + completion_ids[:t] + [completion_ids[t]] for t in (0, 3, 7)]
@@ -85,3 +86,33 @@ def test_branch_attention_equals_a_plain_forward(toy):
             torch.testing.assert_close(got[b, : len(real)], expected[n : n + len(real)], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(got_next[b, 0], expected[-1], atol=1e-5, rtol=1e-5)
     assert model.config._attn_implementation != "cft_rl_branches"  # restored after each step
+
+
+def test_vllm_backend_maps_prompt_logprobs_to_ranked_tokens(monkeypatch):
+    """The vLLM backend, through a stand-in module (vLLM itself cannot be installed on CPU machines)."""
+    import sys
+    from types import SimpleNamespace
+
+    from cft_rl.annotate_fast import VLLMBackend
+
+    lp = lambda rank: SimpleNamespace(rank=rank, logprob=-float(rank))  # noqa: E731
+    calls = []
+
+    class FakeLLM:
+        def generate(self, prompts, params):
+            calls.append(params)
+            ids = prompts[0]["prompt_token_ids"]
+            if params["max_tokens"] == 1:  # ranking: entry i ranks ids[i]'s position; ids[i] itself at rank 7
+                entries = [None] + [{9: lp(2), 4: lp(1), ids[i]: lp(7), 5: lp(3)} for i in range(1, len(ids))]
+                return [
+                    SimpleNamespace(prompt_logprobs=entries, outputs=[SimpleNamespace(logprobs=[{8: lp(1)}])])
+                ]
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[6, 2])]) for _ in prompts]
+
+    fake = SimpleNamespace(SamplingParams=lambda **kw: kw, TokensPrompt=lambda **kw: kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    backend = VLLMBackend(FakeLLM(), SimpleNamespace(eos_token_id=2))
+    assert backend.rank([20, 21, 22], 3) == [[4, 9, 5], [4, 9, 5], [8]]
+    assert calls[0]["prompt_logprobs"] == 3
+    assert backend.continue_greedy([[20, 21], [20, 2]], 5) == [[6, 2], []]  # an eos-ended prefix is skipped
+    assert calls[1]["temperature"] == 0.0 and calls[1]["stop_token_ids"] == [2]
