@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline by design: the toy world needs no hub, and tests must never reach one.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test test-slow quality format demo toy bench-verifier bench-toy clean
+.PHONY: install test test-slow quality format demo toy bench-verifier bench-toy bench-annotate bench-sft clean
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ bench-verifier: $(STAMP)
 
 bench-toy: $(STAMP)
 	$(OFFLINE) $(BIN)/python scripts/bench_toy.py
+
+bench-annotate: toy
+	$(OFFLINE) $(BIN)/python scripts/bench_annotate.py --model outputs/toy
+
+bench-sft: toy
+	$(OFFLINE) $(BIN)/python scripts/bench_sft.py --model outputs/toy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

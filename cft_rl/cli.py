@@ -77,7 +77,12 @@ _ANNOTATE_FLAGS = [
     "max_continuation_tokens",
     "max_solution_tokens",
     "max_new_tokens",
+    "batch_size",
+    "draft_tokens",
+    "eager_alternatives",
+    "wait_for_shards",
 ]
+_BOOL_FLAGS = ("eager_alternatives", "wait_for_shards")
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -98,6 +103,12 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if args.html:
         print(f"wrote {write_html(rows, args.html)}")
     return 0
+
+
+def _cmd_sft(argv: list[str]) -> int:
+    from cft_rl.sft import main as sft_main
+
+    return sft_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,8 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help="YAML file of AnnotateConfig settings; flags override")
     for flag in _ANNOTATE_FLAGS:
-        numeric = flag in ("limit", "num_shards", "shard_index") or flag.startswith(("num_", "max_"))
-        p.add_argument("--" + flag.replace("_", "-"), type=int if numeric else str, default=None)
+        name = "--" + flag.replace("_", "-")
+        if flag in _BOOL_FLAGS:  # --eager-alternatives / --no-eager-alternatives; unset: the default
+            p.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
+            continue
+        numeric = flag in ("limit", "num_shards", "shard_index", "batch_size", "draft_tokens")
+        numeric = numeric or flag.startswith(("num_", "max_"))
+        p.add_argument(name, type=int if numeric else str, default=None)
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("render", help="show an annotation's critical tokens in the terminal and as HTML")
@@ -147,11 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None, help="write a self-contained HTML page of all rows here")
     p.add_argument("--no-color", action="store_true")
     p.set_defaults(func=_cmd_render)
+
+    # Parsed by TRL's parser (see cft_rl.sft.main); listed here so that `cft-rl --help` shows it.
+    sub.add_parser(
+        "sft",
+        add_help=False,
+        help="token-selective SFT (full, critical, numeric, answer, random, entropy, sftkey; DFT; LoRA)",
+        description="cft-rl sft --config recipe.yaml [--field value ...]: every field of "
+        "SelectiveSFTConfig, TRL's ModelConfig and ScriptArguments; flags override the recipe.",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sft"]:  # TRL's parser takes every flag after `sft` (--config, --any_field)
+        args = argparse.Namespace(command="sft", func=lambda _: _cmd_sft(argv[1:]))
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (

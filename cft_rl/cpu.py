@@ -27,3 +27,14 @@ def cpu_float_math(threads: int | None = None):
     finally:
         torch.set_flush_denormal(False)  # torch's default; it offers no getter to restore from
         torch.set_num_threads(previous_threads)
+
+
+# Trainer settings shared by the CPU tests and benchmarks: no checkpoints, no trackers, float32
+# (no bf16 on these CPUs' fast paths), no recomputation. Spread into a TRL config: ``**QUIET_CPU_RUN``.
+QUIET_CPU_RUN = dict(
+    save_strategy="no",
+    report_to="none",
+    use_cpu=True,
+    bf16=False,
+    gradient_checkpointing=False,
+)
