@@ -35,11 +35,12 @@ def _solutions(model, tokenizer, data, args) -> list[dict]:
     kept: list[dict] = []
     for start in range(0, len(rows), 64):
         chunk = rows[start : start + 64]
-        # Greedy and one prompt per row, as the annotate job does (padding can move an argmax).
-        for row in chunk:
-            text = generate(model, tokenizer, [row["prompt"]], max_new_tokens=args.max_tokens)[0][0].text
-            if check(text, row["answer"]).score == 1.0:
-                kept.append({**row, "solution": text.strip()})
+        # Batched greedy generation: a benchmark only needs correct solutions of the model's own (the
+        # annotate job decodes one prompt at a time, so that sharding cannot move an argmax).
+        groups = generate(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens=args.max_tokens)
+        for row, group in zip(chunk, groups, strict=True):
+            if check(group[0].text, row["answer"]).score == 1.0:
+                kept.append({**row, "solution": group[0].text.strip()})
         if len(kept) >= args.n:
             break
     return kept[: args.n]
