@@ -105,6 +105,18 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from cft_rl.eval_job import run_from_args
+
+    return run_from_args(args)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cft_rl.compare import run_from_args
+
+    return run_from_args(args)
+
+
 def _cmd_sft(argv: list[str]) -> int:
     from cft_rl.sft import main as sft_main
 
@@ -163,6 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None, help="write a self-contained HTML page of all rows here")
     p.add_argument("--no-color", action="store_true")
     p.set_defaults(func=_cmd_render)
+
+    from cft_rl import compare, eval_job  # argument definitions only; the heavy imports are inside
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on math benchmarks (accuracy, pass@k, maj@k, diversity, entropy)",
+        description="cft-rl eval MODEL BENCHMARK... | --suite paper; cft-rl eval --table EVAL_DIR...",
+    )
+    eval_job.add_arguments(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare training runs' curves by label (figures, HTML and markdown report)",
+        description="Reads each RUN_DIR's trainer_state.json (or its latest checkpoint-*/'s).",
+    )
+    compare.add_arguments(p)
+    p.set_defaults(func=_cmd_compare)
 
     # Parsed by TRL's parser (see cft_rl.sft.main); listed here so that `cft-rl --help` shows it.
     sub.add_parser(

@@ -44,3 +44,18 @@ def test_summarize_on_hand_made_groups():
     assert m["distinct_completions"] == 1.5
     assert m["entropy"] == pytest.approx((3 + 0 + 2) / 10)
     assert m["mean_length"] == 2.5
+
+
+def test_wilson_interval_on_hand_computed_cases():
+    from cft_rl.evaluation import wilson_interval
+
+    # 8 of 10, z = 1.96: centre (0.8 + z²/20) / (1 + z²/10), half-width z sqrt(0.016 + z²/400) / (1 + z²/10).
+    z2 = 1.96**2
+    centre, half = (0.8 + z2 / 20) / (1 + z2 / 10), 1.96 * math.sqrt(0.016 + z2 / 400) / (1 + z2 / 10)
+    assert wilson_interval(8, 10) == pytest.approx((centre - half, centre + half))
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # the textbook value
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(z2 / (10 + z2))  # never a zero-width interval at p = 0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="11 of 10"):
+        wilson_interval(11, 10)

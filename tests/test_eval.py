@@ -1,0 +1,216 @@
+"""`cft-rl eval`: metrics on hand-made samples, the backends, and whole jobs on the tiny toy model."""
+
+import json
+import math
+import sys
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+
+from cft_rl.data import DataError
+from cft_rl.eval_job import EvalConfig, load_eval_dataset, paper_table, run_eval
+from cft_rl.evaluation import HFGenerator, Sample, VLLMGenerator, generate, score_groups
+
+
+def _samples(*texts):
+    return [Sample(t, 2, [0.5, 0.5]) for t in texts]
+
+
+def test_score_groups_maj_at_k_splits_ties_and_matches_hand_counts():
+    groups = [
+        _samples(r"\boxed{4}", r"\boxed{4}", r"\boxed{5}", r"\boxed{5}"),  # 2-2 tie, gold 4: half credit
+        _samples(r"\boxed{1}", r"\boxed{2}", r"\boxed{3}", "no answer here"),  # 3-way tie, gold 2: a third
+    ]
+    m, verdicts = score_groups(groups, ["4", "2"], ks=(1, 2, 4), maj_ks=(2, 4))
+    assert m["maj@4"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    # maj@2 votes in disjoint pairs: q1 (4,4)->1, (5,5)->0; q2 (1,2)->1/2, (3,-)->0.
+    assert m["maj@2"] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    assert m["pass@2"] == pytest.approx((1 - 1 / 6 + 1 - 3 / 6) / 2)  # 1 - C(n-c,2)/C(4,2)
+    assert m["pass@4"] == 1.0
+    assert m["accuracy"] == m["pass@1"] == 3 / 8
+    assert m["distinct_answers"] == 2.5
+    assert m["answer_entropy"] == pytest.approx((math.log(2) + math.log(3)) / 2)
+    assert m["frac_no_answer"] == 1 / 8
+    assert m["entropy"] == 0.5 and m["num_questions"] == 2
+    # Wilson interval over 2 questions with 0.5 + 0.25 successes.
+    low, high = m["accuracy_ci95"]
+    assert 0 < low < 3 / 8 < high < 1
+    assert [v.extracted for v in verdicts[0]] == ["4", "4", "5", "5"]
+    assert [v.status for v in verdicts[1]][3] == "no_answer"
+
+
+def test_score_groups_without_maj_ks_reports_no_maj():
+    m, _ = score_groups([_samples(r"\boxed{1}")], ["1"], ks=(1,))
+    assert not any(k.startswith("maj@") for k in m) and m["accuracy"] == 1.0
+
+
+def test_generated_entropies_are_those_of_the_sampled_distribution(toy_dir):
+    """The logits processor records entropy(logits / T) per token: what output_logits would give."""
+    import torch
+
+    from cft_rl.evaluation import render_prompts, token_entropy
+    from cft_rl.toy import load_toy
+
+    model, tokenizer, data = load_toy(toy_dir)
+    prompt = data["test"]["prompt"][0]
+    enc = tokenizer(render_prompts(tokenizer, [prompt]), return_tensors="pt", add_special_tokens=False)
+    for temperature in (0.0, 2.0):
+        [[sample]] = generate(model, tokenizer, [prompt], temperature=temperature, max_new_tokens=12, seed=5)
+        torch.manual_seed(5)  # the same draws as generate's: the recorder consumes no randomness
+        ref = model.generate(
+            **enc,
+            do_sample=temperature > 0,
+            temperature=temperature or None,
+            top_k=0 if temperature else None,
+            top_p=1.0 if temperature else None,
+            max_new_tokens=12,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        completion = ref.sequences[0, enc["input_ids"].shape[1] :]
+        assert sample.text == tokenizer.decode(completion[: sample.num_tokens], skip_special_tokens=True)
+        expected = token_entropy(torch.stack(ref.logits, 1)[0] / (temperature or 1.0))[: sample.num_tokens]
+        assert torch.allclose(torch.tensor(sample.entropies), expected, atol=1e-5)
+
+
+def test_hf_generator_is_generate_behind_the_backend_method(toy_dir):
+    from cft_rl.toy import load_toy
+
+    model, tokenizer, data = load_toy(toy_dir)
+    prompts = data["test"]["prompt"][:3]
+    backend = HFGenerator(model, tokenizer, batch_size=2)
+    got = backend.generate(prompts, n=1, temperature=0.0, max_new_tokens=10)
+    want = generate(model, tokenizer, prompts, n=1, temperature=0.0, max_new_tokens=10, batch_size=1)
+    assert [g[0].text for g in got] == [w[0].text for w in want]
+    with pytest.raises(ValueError, match="batch_size"):
+        HFGenerator(model, tokenizer, batch_size=0)
+
+
+def test_vllm_generator_through_a_stand_in_module(monkeypatch):
+    """vLLM cannot be installed on CPU machines: a stand-in module checks the mapping to Samples."""
+    calls = []
+    lp = lambda p: SimpleNamespace(logprob=math.log(p))  # noqa: E731
+
+    class FakeLLM:
+        def generate(self, prompts, params, use_tqdm=False):
+            calls.append((prompts, params))
+            out = SimpleNamespace(token_ids=[7, 2], logprobs=[{7: lp(0.5), 8: lp(0.5)}, {2: lp(0.25)}])
+            return [SimpleNamespace(outputs=[out] * params["n"]) for _ in prompts]
+
+    tokenizer = _FakeTokenizer()
+    monkeypatch.setitem(
+        sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kw: kw, TokensPrompt=dict)
+    )
+    groups = VLLMGenerator(FakeLLM(), tokenizer).generate(
+        ["ab"], n=2, temperature=1.0, max_new_tokens=5, seed=3
+    )
+    prompts, params = calls[0]
+    assert prompts == [{"prompt_token_ids": [97, 98]}]
+    assert (
+        params["n"] == 2
+        and params["seed"] == 3
+        and params["stop_token_ids"] == [2]
+        and params["max_tokens"] == 5
+    )
+    [[a, b]] = groups
+    assert a.text == "t7" and a.num_tokens == 2 and b.text == "t7"
+    # Step 1: two halves, nothing left over -> ln 2. Step 2: 0.25 plus a 0.75 "rest" bucket.
+    assert a.entropies == pytest.approx([math.log(2), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))])
+
+
+class _FakeTokenizer:
+    eos_token_id = 2
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(f"t{i}" for i in ids if not (skip_special_tokens and i == self.eos_token_id))
+
+
+def test_eval_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="unknown suite"):
+        EvalConfig(model="m", suite="nope")
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        EvalConfig(model="m")
+    with pytest.raises(ValueError, match=r"ks \[8\].*1..num_samples \(4\)"):
+        EvalConfig(model="m", benchmarks=["svamp"], num_samples=4, ks=(8,))
+    config = EvalConfig(model="m", suite="paper", benchmarks=["svamp", "aime24"], num_samples=6)
+    assert config.benchmarks[:2] == ["svamp", "aime24"] and len(config.benchmarks) == 12  # svamp once
+    assert config.ks == (1, 2, 4, 6) and config.maj_ks == (6,)
+
+
+def test_unknown_benchmark_names_the_valid_ones(tmp_path):
+    with pytest.raises(DataError, match="unknown benchmark 'gsm9k'.*gsm8k_test"):
+        load_eval_dataset("gsm9k", EvalConfig(model="m", benchmarks=["gsm9k"]))
+
+
+def test_eval_job_on_the_toy_model_writes_summaries_and_samples_and_resumes(toy_dir, tmp_path):
+    from cft_rl.toy import load_toy
+
+    model, tokenizer, _ = load_toy(toy_dir)
+    config = EvalConfig(
+        model=str(toy_dir),
+        benchmarks=[str(toy_dir), "gsm8k_test"],
+        out=str(tmp_path / "eval"),
+        limit=4,
+        num_samples=2,
+        max_new_tokens=24,
+        batch_size=4,
+        progress=False,
+    )
+    results = run_eval(config, backend=HFGenerator(model, tokenizer, batch_size=4))
+    assert list(results) == ["toy-test", "gsm8k_test"]
+    for label, summary in results.items():
+        rows = pq.read_table(tmp_path / "eval" / f"{label}.parquet").to_pylist()
+        assert len(rows) == 4 * (1 + 2)  # one greedy and two sampled completions per question
+        assert {"prompt", "completion", "extracted", "status", "correct", "gold"} <= set(rows[0])
+        greedy = [r["correct"] for r in rows if r["mode"] == "greedy"]
+        assert summary["accuracy"] == summary["greedy"]["accuracy"] == sum(greedy) / 4
+        assert set(summary["sampled"]) >= {"pass@1", "pass@2", "maj@2", "distinct_answers", "answer_entropy"}
+        assert summary["accuracy_ci95"][0] <= summary["accuracy"] <= summary["accuracy_ci95"][1]
+    assert "<|im_start|>" in rows[0]["prompt"]  # the chat-rendered training template
+    saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert saved["benchmarks"]["toy-test"]["accuracy"] == results["toy-test"]["accuracy"]
+
+    class NoGeneration:
+        def generate(self, *args, **kwargs):
+            raise AssertionError("a finished benchmark was evaluated again")
+
+    assert run_eval(config, backend=NoGeneration()) == results  # resumed: nothing to do
+
+
+def test_paper_table_layout_with_a_missing_benchmark():
+    results = {"gsm8k_test": {"accuracy": 0.5}, "math500": {"accuracy": 0.25}}
+    table = paper_table({"toy": results}).splitlines()
+    assert table[0].startswith("| Model | GSM8K | MATH500 | SVAMP |") and table[0].endswith("| SAT | Avg. |")
+    assert table[2] == "| toy | 50.0 | 25.0 |" + " - |" * 9 + " 37.5* |"
+
+
+def test_cli_eval_on_the_toy_model_and_a_benchmark_slice(toy_dir, tmp_path, capsys):
+    from cft_rl.cli import main
+
+    out = tmp_path / "cli"
+    args = [
+        "eval",
+        str(toy_dir),
+        "--suite",
+        "paper",
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Model | GSM8K |" in printed and (out / "paper_table.md").is_file()
+    assert len(json.loads((out / "summary.json").read_text())["benchmarks"]) == 11
+    assert main(["eval", "--table", str(out)]) == 0
+    assert "| Model | GSM8K |" in capsys.readouterr().out
+    assert main(["eval", str(toy_dir), "gsm9k", "--out", str(out)]) == 2
+    assert "unknown benchmark 'gsm9k'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nowhere"), "svamp", "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
