@@ -123,6 +123,16 @@ def _cmd_sft(argv: list[str]) -> int:
     return sft_main(argv)
 
 
+def _cmd_grpo(argv: list[str]) -> int:
+    from cft_rl.grpo import main as grpo_main
+
+    return grpo_main(argv)
+
+
+# Subcommands whose flags belong to TRL's parser (--config recipe.yaml, --any_field value).
+_TRL_COMMANDS = {"sft": _cmd_sft, "grpo": _cmd_grpo}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cft-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,13 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="cft-rl sft --config recipe.yaml [--field value ...]: every field of "
         "SelectiveSFTConfig, TRL's ModelConfig and ScriptArguments; flags override the recipe.",
     )
+    sub.add_parser(
+        "grpo",
+        add_help=False,
+        help="GRPO from a warm start with the math reward and the exploration/entropy monitors",
+        description="cft-rl grpo --config recipe.yaml [--field value ...]: every field of GRPORunConfig "
+        "and TRL's ModelConfig/ScriptArguments; flags override the recipe.",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["sft"]:  # TRL's parser takes every flag after `sft` (--config, --any_field)
-        args = argparse.Namespace(command="sft", func=lambda _: _cmd_sft(argv[1:]))
+    if argv[:1] and argv[0] in _TRL_COMMANDS:  # TRL's parser takes every flag after the command
+        command = _TRL_COMMANDS[argv[0]]
+        args = argparse.Namespace(command=argv[0], func=lambda _: command(argv[1:]))
     else:
         args = build_parser().parse_args(argv)
     try:
