@@ -185,7 +185,10 @@ def test_compare_rejects_an_unknown_metric_on_the_command_line(runs, tmp_path, c
 
 @pytest.mark.slow
 def test_html_report_loads_in_headless_chromium(runs, tmp_path):
-    """Needs `pip install playwright` and `playwright install chromium` (a download: internet)."""
+    """Needs `pip install playwright` and `playwright install chromium` (a download: internet), or any
+    Chromium binary named by ``$CFT_RL_CHROMIUM`` (e.g. the one in npm's ``@sparticuz/chromium``)."""
+    import os
+
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from cft_rl.compare import main
 
@@ -194,7 +197,9 @@ def test_html_report_loads_in_headless_chromium(runs, tmp_path):
     errors = []
     with sync_api.sync_playwright() as pw:
         try:
-            browser = pw.chromium.launch()
+            binary = os.environ.get("CFT_RL_CHROMIUM")
+            options = {"executable_path": binary, "args": ["--no-sandbox", "--disable-gpu"]} if binary else {}
+            browser = pw.chromium.launch(**options)
         except Exception as exc:  # no browser binary: installing it needs the internet
             pytest.skip(
                 f"headless Chromium unavailable ({type(exc).__name__}); run `playwright install chromium`"
