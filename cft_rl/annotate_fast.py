@@ -121,7 +121,10 @@ class HFBackend:
             width = 1 + max(len(d) for d in drafts)
             fed = [[contexts[r][-1], *d] for r, d in zip(rows, drafts, strict=True)]
             tokens = torch.tensor([f + [self.pad] * (width - len(f)) for f in fed], device=device)
-            valid = torch.arange(width, device=device)[None, :] < torch.tensor([len(f) for f in fed])[:, None]
+            valid = (
+                torch.arange(width, device=device)[None, :]
+                < torch.tensor([len(f) for f in fed], device=device)[:, None]
+            )
             # Same rule as generate's greedy search: float32 scores, argmax (first index on ties).
             argmax = branches.step(self.model, tokens, valid).float().argmax(dim=-1).tolist()
             kept = []
