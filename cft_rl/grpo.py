@@ -28,6 +28,7 @@ from trl import GRPOConfig
 from cft_rl.cpu import cpu_float_math
 from cft_rl.grpo_monitor import MonitoredGRPOTrainer, Probe, build_reward_funcs, tolerant_reward
 from cft_rl.monitors import MonitorConfig
+from cft_rl.sft import load_sft_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -169,24 +170,10 @@ def load_warm_start(path: str | Path, adapter_mode: str = "merge", **model_kwarg
     ``"train"`` returns the ``PeftModel`` with the adapter trainable, so GRPO trains that adapter.
     ``model_kwargs`` go to ``from_pretrained`` (dtype, attn_implementation...).
     """
-    path = Path(path)
     if adapter_mode not in ADAPTER_MODES:
         raise ValueError(f"adapter_mode must be one of {ADAPTER_MODES}; got {adapter_mode!r}")
-    if (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(
-            str(path), is_trainable=adapter_mode == "train", **model_kwargs
-        )
-        return model.merge_and_unload() if adapter_mode == "merge" else model
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path} is not a warm-start checkpoint (no config.json or adapter_config.json); "
-            "pass the output_dir of `cft-rl sft`, or any Hugging Face model directory"
-        )
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+    train = adapter_mode == "train"
+    return load_sft_checkpoint(path, merge=not train, trainable=train, **model_kwargs)
 
 
 def load_tokenizer(path: str | Path):

@@ -303,23 +303,27 @@ def _finish(args: SelectiveSFTConfig, trainers: dict) -> SFTResult:
     return result
 
 
-def load_sft_checkpoint(path: str | Path, merge: bool = True):
+def load_sft_checkpoint(path: str | Path, merge: bool = True, trainable: bool = False, **model_kwargs):
     """The model an SFT run saved in ``path``, for the GRPO stage: full weights, or base + LoRA adapter.
 
     An adapter is merged into its base model by default, so the GRPO stage gets a plain model either
-    way; ``merge=False`` keeps the ``PeftModel`` (to go on training the same adapter).
+    way; ``merge=False`` keeps the ``PeftModel``, its adapter trainable with ``trainable=True`` (to go
+    on training the same adapter). ``model_kwargs`` go to ``from_pretrained`` (dtype, ...).
     """
     path = Path(path)
     if (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(path))
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), is_trainable=trainable, **model_kwargs)
         return model.merge_and_unload() if merge else model
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} holds no SFT checkpoint (no config.json or adapter_config.json)")
+        raise FileNotFoundError(
+            f"{path} is not a warm-start checkpoint (no config.json or adapter_config.json); "
+            "pass the output_dir of `cft-rl sft`, or any Hugging Face model directory"
+        )
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path))
+    return AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
 
 
 # --- command line ----------------------------------------------------------------------------------
