@@ -117,6 +117,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from cft_rl.pipeline import run_from_args
+
+    return run_from_args(args)
+
+
 def _cmd_sft(argv: list[str]) -> int:
     from cft_rl.sft import main as sft_main
 
@@ -203,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_arguments(p)
     p.set_defaults(func=_cmd_compare)
+
+    from cft_rl import pipeline
+
+    p = sub.add_parser(
+        "pipeline",
+        help="the whole experiment from one recipe: toy, annotate, SFT arms, GRPO x seeds, eval, compare",
+        description="Runs every stage not yet done; rerun to resume. See recipes/*/pipeline.yaml.",
+    )
+    pipeline.add_arguments(p)
+    p.set_defaults(func=_cmd_pipeline)
 
     # Parsed by TRL's parser (see cft_rl.sft.main); listed here so that `cft-rl --help` shows it.
     sub.add_parser(

@@ -85,6 +85,9 @@ class GRPORunConfig(GRPOConfig):
             corresponding settings of :class:`cft_rl.monitors.MonitorConfig`.
         probe_steps: Sample the fixed probe set before training and every this many steps; 0: no probe.
             Must be a multiple of ``logging_steps``, so each probe lands in its own log entry.
+        probe_dataset: Dataset the probe prompts come from (CLI), anything
+            :func:`cft_rl.data.load_math_dataset` reads; None: ``dataset_name``. Benchmarks have a single
+            split, so with ``dataset_name: gsm8k_train`` name a held-out set here (e.g. ``gsm8k_test``).
         probe_split: Split of the dataset the probe prompts come from (CLI; the Python API takes the
             probe dataset itself). Must not be the training split's prompts if curves are to mean
             held-out behaviour.
@@ -114,6 +117,7 @@ class GRPORunConfig(GRPOConfig):
         default_factory=lambda: [10.0, 50.0, 80.0, 90.0], metadata={"help": "entropy/p{q} logged."}
     )
     probe_steps: int = field(default=0, metadata={"help": "Probe every N steps; 0: off."})
+    probe_dataset: str | None = field(default=None, metadata={"help": "Probe prompts' dataset (default: dataset_name)."})
     probe_split: str = field(default="validation", metadata={"help": "Dataset split of the probe prompts."})
     probe_size: int = field(default=64, metadata={"help": "Number of probe prompts."})
     probe_num_samples: int = field(default=8, metadata={"help": "Samples per probe prompt."})
@@ -338,7 +342,8 @@ def run_cli(argv: list[str] | None = None) -> MonitoredGRPOTrainer:
     train = load_math_dataset(script.dataset_name, split=script.dataset_train_split)
     evaluate = config.eval_strategy != "no"
     eval_data = load_math_dataset(script.dataset_name, split=script.dataset_test_split) if evaluate else None
-    probe = load_math_dataset(script.dataset_name, split=config.probe_split) if config.probe_steps else None
+    probe_name = config.probe_dataset or script.dataset_name
+    probe = load_math_dataset(probe_name, split=config.probe_split) if config.probe_steps else None
     return train_grpo(
         config,
         model_args.model_name_or_path,

@@ -12,6 +12,7 @@ import html
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +138,11 @@ def report_markdown(report: Report, config: CompareConfig) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(report: Report, config: CompareConfig) -> Path:
-    """Figures, report.md, report.json and the self-contained report.html in ``config.out``."""
+def write_report(report: Report, config: CompareConfig, sections: Sequence[str] = ()) -> Path:
+    """Figures, report.md, report.json and the self-contained report.html in ``config.out``.
+
+    ``sections``: extra markdown (## headings, tables, bullets) placed before the curve statistics,
+    e.g. the pipeline's accuracy table."""
     out = Path(config.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figures = {
@@ -149,7 +153,7 @@ def write_report(report: Report, config: CompareConfig) -> Path:
         figures[metric] = save_figure(
             metric_figure(metric, curves, config.band), out / "figures" / f"{name}.png"
         )
-    markdown = report_markdown(report, config)
+    markdown = "\n".join([*sections, report_markdown(report, config)])
     (out / "report.md").write_text("# Run comparison\n\n" + markdown)
     data = {"runs": [{"path": str(r.path), "label": r.label, "source": str(r.source)} for r in report.runs]}
     data |= {"stats": report.stats, "collapse": report.collapse, "fits": report.fits, "notes": report.notes}

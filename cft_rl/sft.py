@@ -265,7 +265,10 @@ def train_sft(
     if args.strategy != "sftkey":
         trainer = _train_stage(args, model, train_dataset, eval_dataset, tokenizer, peft_config)
         return _finish(args, {args.strategy: trainer})
-    stage1 = dataclasses.replace(args, strategy="full", output_dir=str(Path(args.output_dir) / "stage1"))
+    # A resume point names a checkpoint of the final output_dir, i.e. of stage 2: stage 1 reruns.
+    stage1 = dataclasses.replace(
+        args, strategy="full", output_dir=str(Path(args.output_dir) / "stage1"), resume_from_checkpoint=None
+    )
     first = _train_stage(stage1, model, train_dataset, eval_dataset, tokenizer, peft_config)
     stage2 = dataclasses.replace(
         args,
@@ -288,7 +291,7 @@ def _train_stage(args, model, train_dataset, eval_dataset, tokenizer, peft_confi
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     return trainer
 

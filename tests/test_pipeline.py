@@ -1,0 +1,199 @@
+"""`cft-rl pipeline`: recipe checks, stage keys, and the smoke recipe end to end (run, skip, rerun
+downstream of a change, kill and resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cft_rl.pipeline import read_manifest, run_pipeline, status
+from cft_rl.pipeline_recipe import Recipe, RecipeError, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "recipes" / "toy" / "pipeline_smoke.yaml"
+
+
+def _recipe(tmp_path, *overrides) -> Recipe:
+    return Recipe.load(SMOKE, [f"output_dir={tmp_path}", *overrides])
+
+
+# --- recipe checks and plans (no job runs) ---------------------------------------------------------
+
+
+def test_plan_has_every_stage_in_order(tmp_path):
+    stages = plan(_recipe(tmp_path))
+    names = [s.name for s in stages]
+    assert names[:4] == ["toy", "annotate", "sft/full", "sft/critical"]
+    assert names[4:8] == ["grpo/full/seed0", "grpo/critical/seed0", "grpo/full/seed1", "grpo/critical/seed1"]
+    assert names[-1] == "compare" and "eval/base" in names and "eval/grpo/critical/seed1" in names
+    by_name = {s.name: s for s in stages}
+    grpo = by_name["grpo/critical/seed1"]
+    assert grpo.settings["model_name_or_path"] == str(tmp_path / "sft" / "critical")
+    assert grpo.settings["seed"] == 1 and grpo.settings["output_dir"] == str(tmp_path / "grpo/critical/seed1")
+    # identical RL settings across arms: only the warm start, seed and folder differ
+    other = by_name["grpo/full/seed1"].settings
+    differ = {k for k in grpo.settings if grpo.settings[k] != other.get(k)}
+    assert differ == {"model_name_or_path", "output_dir"}
+    assert by_name["sft/critical"].settings["strategy"] == "critical"
+    assert by_name["compare"].settings["labels"] == ["full", "critical", "full", "critical"]
+
+
+def _keys(recipe: Recipe) -> dict[str, str]:
+    return {s.name: s.key for s in plan(recipe)}
+
+
+def test_a_section_change_rekeys_only_its_stages_and_downstream(tmp_path):
+    base = _keys(_recipe(tmp_path))
+    grpo = _keys(_recipe(tmp_path, "grpo.learning_rate=3e-4"))
+    changed = {n for n in base if base[n] != grpo[n]}
+    assert changed == {n for n in base if n.startswith(("grpo/", "eval/grpo/"))} | {"compare"}
+    sft = _keys(_recipe(tmp_path, "sft.learning_rate=5e-4"))
+    assert {n for n in base if base[n] != sft[n]} == {
+        n for n in base if n.startswith(("sft/", "grpo/", "eval/sft/", "eval/grpo/"))
+    } | {"compare"}
+    toy = _keys(_recipe(tmp_path, "toy.steps=31"))
+    assert all(base[n] != toy[n] for n in base)  # everything is downstream of the toy world
+
+
+def test_settings_that_do_not_change_results_rerun_nothing(tmp_path):
+    base = _keys(_recipe(tmp_path))
+    assert _keys(_recipe(tmp_path, "annotate.batch_size=7", "grpo.report_to=[tensorboard]")) == base
+    # moving the whole pipeline folder keeps its keys
+    assert _keys(_recipe(tmp_path / "moved")) == base
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grpo.learning_rat=1e-4", r"grpo\.'learning_rat'.*did you mean 'learning_rate'"),
+        ("outptu_dir=x", r"'outptu_dir'"),
+        ("annotate.num_alternativs=3", r"num_alternativs"),
+        ("toy.task={max_stpes: 3}", r"max_stpes"),
+        ("grpo.output_dir=x", r"grpo\.output_dir is set by the pipeline"),
+        ("sft.strategy=critical", r"list it under sft\.arms"),
+        ("sft.arms=[critical, numeric]", r"must include \['full'\]"),
+        ("sft.arms=[full, critical, nonsense]", r"unknown strategy 'nonsense'"),
+        ("grpo.seeds=[0, 0]", r"seed twice"),
+        ("eval.models=[base, grpoo]", r"grpoo"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path, override, message):
+    with pytest.raises(RecipeError, match=message):
+        _recipe(tmp_path, override)
+
+
+def test_arms_take_settings_and_names(tmp_path):
+    recipe = _recipe(tmp_path, "sft.arms=[full, critical, {name: dft, strategy: full, loss_type: dft}]")
+    by_name = {s.name: s for s in plan(recipe)}
+    assert by_name["sft/dft"].settings["loss_type"] == "dft"
+    assert by_name["sft/dft"].settings["strategy"] == "full"
+    assert "grpo/dft/seed1" in by_name
+
+
+def test_cli_dry_run_prints_the_plan_and_errors_cleanly(tmp_path, capsys):
+    from cft_rl.cli import main
+
+    assert main(["pipeline", str(SMOKE), "--dry-run", "--set", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "16 stages" in out and "grpo/critical/seed1" in out and "run" in out
+    assert not (tmp_path / "toy").exists()  # a dry run writes nothing
+    assert main(["pipeline", str(SMOKE), "--dry-run", "--set", "grpo.temprature=0.5"]) == 2
+    assert "temprature" in capsys.readouterr().err
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The smoke recipe run once to the end (about a minute and a half on 2 cores)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    recipe = _recipe(root)
+    results = run_pipeline(recipe, echo=lambda *_: None)
+    return root, recipe, results
+
+
+def test_pipeline_runs_end_to_end(finished):
+    root, recipe, results = finished
+    assert all(r.status == "new" for r in results)
+    for stage in plan(recipe):
+        manifest = read_manifest(root, stage)
+        assert manifest["status"] == "done" and manifest["key"] == stage.key, stage.name
+    report = (root / "compare" / "report.md").read_text()
+    assert "## Accuracy (greedy, %)" in report and "grpo/critical" in report and "(n=2)" in report
+    assert "| entropy | critical | 2 |" in report  # curves pooled over both seeds
+    assert (root / "compare" / "report.html").stat().st_size > 10_000
+    state = json.loads((root / "grpo/critical/seed1/trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "reward" in e] == [1, 2]
+    assert json.loads((root / "eval/base/summary.json").read_text())["benchmarks"]
+
+
+def test_rerun_skips_finished_stages(finished):
+    root, recipe, _ = finished
+    start = time.perf_counter()
+    results = run_pipeline(recipe, echo=lambda *_: None)
+    assert {r.status for r in results} == {"done"}
+    assert time.perf_counter() - start < 20
+
+
+def test_killed_pipeline_resumes_from_the_checkpoint(finished, tmp_path):
+    # Works on a copy, before the next test changes the finished pipeline.
+    root, _, _ = finished
+    work = tmp_path / "copy"
+    shutil.copytree(root, work)
+    override = [f"output_dir={work}", "grpo.max_steps=8", "grpo.probe_steps=0"]
+    cmd = [sys.executable, "-m", "cft_rl.cli", "pipeline", str(SMOKE), "--set", *override]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    run = work / "grpo" / "full" / "seed0"
+    deadline = time.time() + 240
+    try:
+        while not (run / "checkpoint-3").is_dir():  # the finished copy has checkpoint-1 and -2
+            assert proc.poll() is None, "the pipeline ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    recipe = Recipe.load(SMOKE, override)
+    stage = next(s for s in plan(recipe) if s.name == "grpo/full/seed0")
+    assert status(work, stage) == "resume"
+    results = {r.name: r for r in run_pipeline(recipe, echo=lambda *_: None)}
+    assert results["toy"].status == "done" and results["sft/full"].status == "done"
+    assert results["grpo/full/seed0"].status == "resume"
+    assert results["grpo/full/seed0"].outputs["resumed_from"].startswith(str(run / "checkpoint-"))
+    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    steps = [e["step"] for e in history if "reward" in e]
+    assert steps == list(range(1, 9))  # no gap, no duplicate
+
+
+def test_a_changed_arm_reruns_only_downstream(finished):
+    root, recipe, _ = finished
+    before = {s.name: read_manifest(root, s)["finished"] for s in plan(recipe)}
+    # The changed arm also goes through the launcher path: `python -m cft_rl.cli sft ...` in a subprocess.
+    arms = f"[full, {{name: critical, strategy: critical, learning_rate: 2.0e-3, launch: {sys.executable}}}]"
+    changed = Recipe.load(SMOKE, [f"output_dir={root}", f"sft.arms={arms}"])
+    results = {r.name: r.status for r in run_pipeline(changed, echo=lambda *_: None)}
+    rerun = {n for n, s in results.items() if s != "done"}
+    assert rerun == {
+        "sft/critical",
+        "grpo/critical/seed0",
+        "grpo/critical/seed1",
+        "eval/sft/critical",
+        "eval/grpo/critical/seed0",
+        "eval/grpo/critical/seed1",
+        "compare",
+    }
+    after = {s.name: read_manifest(root, s)["finished"] for s in plan(changed)}
+    assert all(after[n] == before[n] for n in results if n not in rerun)
+    assert read_manifest(root, plan(changed)[3])["settings"]["learning_rate"] == 2.0e-3
+    kept = sorted(p.name for p in (root / ".superseded").iterdir())
+    assert any(name.startswith("sft__critical.") for name in kept)  # the old folder is kept, not deleted
