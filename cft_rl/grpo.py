@@ -117,7 +117,9 @@ class GRPORunConfig(GRPOConfig):
         default_factory=lambda: [10.0, 50.0, 80.0, 90.0], metadata={"help": "entropy/p{q} logged."}
     )
     probe_steps: int = field(default=0, metadata={"help": "Probe every N steps; 0: off."})
-    probe_dataset: str | None = field(default=None, metadata={"help": "Probe prompts' dataset (default: dataset_name)."})
+    probe_dataset: str | None = field(
+        default=None, metadata={"help": "Probe prompts' dataset (default: dataset_name)."}
+    )
     probe_split: str = field(default="validation", metadata={"help": "Dataset split of the probe prompts."})
     probe_size: int = field(default=64, metadata={"help": "Number of probe prompts."})
     probe_num_samples: int = field(default=8, metadata={"help": "Samples per probe prompt."})
