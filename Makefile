@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline by design: the toy world needs no hub, and tests must never reach one.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test test-slow quality format demo toy bench-verifier bench-toy bench-annotate bench-sft clean
+.PHONY: install test test-slow quality format demo toy bench-verifier bench-toy bench-annotate bench-sft bench-demo clean
 
 install: $(STAMP)
 
@@ -31,9 +31,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix cft_rl tests scripts
 	$(BIN)/ruff format cft_rl tests scripts
 
-demo:
-	@echo "make demo arrives with the SFT -> GRPO pipeline; until then 'make toy' builds the toy world." >&2
-	@exit 1
+# The whole two-phase experiment on the toy world (CPU, < 20 min on 2 cores); rerun to resume.
+demo: $(STAMP)
+	$(OFFLINE) $(BIN)/cft-rl pipeline recipes/toy/pipeline.yaml
 
 toy: $(STAMP)
 	$(OFFLINE) $(BIN)/cft-rl toy build --out outputs/toy
@@ -49,6 +49,9 @@ bench-annotate: toy
 
 bench-sft: toy
 	$(OFFLINE) $(BIN)/python scripts/bench_sft.py --model outputs/toy
+
+bench-demo: demo
+	$(OFFLINE) $(BIN)/python scripts/bench_demo.py --pipeline outputs/pipeline/toy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -13,7 +13,6 @@ or skipped, then ``{"done": true}``), ``dataset/`` (every annotated row, in data
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -23,17 +22,30 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 logger = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from cft_rl.annotate_models import Judge
+
 SOURCES = ("self", "dataset")
 ENGINES = ("reference", "fast")
+BACKENDS = ("hf", "vllm")
 # Why a row was skipped. "unreadable": the loader could not read it (e.g. no gold answer at all).
 SKIP_REASONS = ("unreadable", "bad_gold", "empty_solution", "no_solution", "too_long")
 SKIP_REASONS += ("wrong_self_solution", "bad_tokenization")
 _WAIT_POLL_S = 2.0
 # Settings that do not change a row's annotation; every other one must match for a shard to resume.
-_NEUTRAL_FIELDS = ("out", "engine", "shard_index", "push_to_hub", "batch_size", "eager_alternatives")
+_NEUTRAL_FIELDS = (
+    "out",
+    "engine",
+    "shard_index",
+    "push_to_hub",
+    "batch_size",
+    "eager_alternatives",
+    "vllm_gpu_memory_utilization",
+)
 _NEUTRAL_FIELDS += ("draft_tokens", "wait_for_shards")
 
 
@@ -55,6 +67,10 @@ class AnnotateConfig:
         limit: Annotate only the first ``limit`` dataset rows (None: all).
         engine: ``"fast"`` (:func:`cft_rl.annotate_fast.annotate_fast`, the default) or ``"reference"``
             (:func:`cft_rl.annotate_core.annotate_reference`, the slow correctness oracle).
+        backend: Fast engine: ``"hf"`` (transformers, on ``cuda:$LOCAL_RANK`` when there is a GPU) or
+            ``"vllm"`` (vLLM generates the self solutions, ranks by prompt logprobs and continues with
+            prefix caching; ``pip install .[vllm]``). ``vllm_gpu_memory_utilization``: vLLM's share
+            of the GPU.
         batch_size: Fast engine: branches decoded together (memory grows with it, speed too, to a point).
         eager_alternatives: Fast engine: decode every rank's alternative at once rather than rank r+1
             only where rank r failed (fewer sequential decodes; the same annotations).
@@ -81,6 +97,8 @@ class AnnotateConfig:
     max_new_tokens: int = 512
     limit: int | None = None
     engine: str = "fast"
+    backend: str = "hf"
+    vllm_gpu_memory_utilization: float = 0.85
     batch_size: int = 128
     eager_alternatives: bool = True
     draft_tokens: int = 0
@@ -91,7 +109,7 @@ class AnnotateConfig:
     wait_for_shards: bool | None = None
 
     def __post_init__(self):
-        for name, valid in (("source", SOURCES), ("engine", ENGINES)):
+        for name, valid in (("source", SOURCES), ("engine", ENGINES), ("backend", BACKENDS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
         # accelerate/torchrun set RANK and WORLD_SIZE, so `accelerate launch` shards with no extra flags.
@@ -101,6 +119,8 @@ class AnnotateConfig:
             self.shard_index = int(os.environ.get("RANK", 0))
         if self.wait_for_shards is None:
             self.wait_for_shards = "WORLD_SIZE" in os.environ
+        if self.backend == "vllm" and self.engine != "fast":
+            raise ValueError("backend 'vllm' needs engine 'fast' (the reference engine is transformers-only)")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"shard_index {self.shard_index} is not in [0, num_shards={self.num_shards})")
         if self.num_alternatives < 1:
@@ -192,7 +212,7 @@ def _check_settings(path: Path, config: AnnotateConfig) -> None:
     header = path.with_suffix(".config.json")
     if header.exists():
         old = json.loads(header.read_text())
-        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        changed = sorted(k for k in settings if k in old and old[k] != settings[k])  # new fields: default
         if changed:
             raise ValueError(f"{path.parent.parent} holds a run with other {changed}: use another --out")
         return
@@ -215,9 +235,8 @@ def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
     return ds.to_list(), sum(skipped.values())
 
 
-def _solution(config: AnnotateConfig, model, tokenizer, row: dict) -> tuple[str | None, str | None]:
+def _solution(config: AnnotateConfig, judge: Judge, row: dict) -> tuple[str | None, str | None]:
     """``(solution, None)`` to annotate, or ``(None, skip reason)``."""
-    from cft_rl.evaluation import generate
     from cft_rl.rewards import check
 
     gold = (row["answer"] or "").strip()
@@ -230,9 +249,7 @@ def _solution(config: AnnotateConfig, model, tokenizer, row: dict) -> tuple[str 
         return (solution, None) if solution and solution.strip() else (None, "no_solution")
     # One prompt per call: batched greedy decoding pads, and padding can change the argmax, which
     # would make the output depend on how rows were sharded.
-    sample = generate(
-        model, tokenizer, [row["prompt"]], max_new_tokens=config.max_new_tokens, seed=config.seed
-    )
+    sample = judge.generator.generate([row["prompt"]], max_new_tokens=config.max_new_tokens, seed=config.seed)
     solution = sample[0][0].text.strip()
     if not solution:
         return None, "empty_solution"
@@ -241,12 +258,13 @@ def _solution(config: AnnotateConfig, model, tokenizer, row: dict) -> tuple[str 
     return solution, None
 
 
-def annotate_row(config: AnnotateConfig, model, tokenizer, engine, row: dict, index: int) -> dict:
+def annotate_row(config: AnnotateConfig, judge: Judge, engine, row: dict, index: int) -> dict:
     """The output record of one dataset row: its annotation, or ``{"skipped": reason}``."""
     from cft_rl.annotate_core import critical_spans, encode_example
 
     base = {"index": index, "id": row["id"]}
-    solution, reason = _solution(config, model, tokenizer, row)
+    tokenizer = judge.tokenizer
+    solution, reason = _solution(config, judge, row)
     if reason is None:
         try:
             _, completion_ids, _ = encode_example(tokenizer, row["prompt"], solution)
@@ -260,8 +278,8 @@ def annotate_row(config: AnnotateConfig, model, tokenizer, engine, row: dict, in
     limits["max_continuation_tokens"] = config.max_continuation_tokens
     if config.engine == "fast":
         limits.update(batch_size=config.batch_size, eager_alternatives=config.eager_alternatives)
-        limits["draft_tokens"] = config.draft_tokens
-    anns = engine(model, tokenizer, row["prompt"], solution, row["answer"], **limits)
+        limits.update(draft_tokens=config.draft_tokens, backend=judge.backend)
+    anns = engine(judge.model, tokenizer, row["prompt"], solution, row["answer"], **limits)
     return {
         **base,
         "prompt": row["prompt"],
@@ -283,25 +301,6 @@ def annotate_row(config: AnnotateConfig, model, tokenizer, engine, row: dict, in
 # --- the job ---------------------------------------------------------------------------------------
 
 
-def load_engine(name: str):
-    """``annotate_reference`` or ``annotate_fast``: imported only when used (torch and friends are slow)."""
-    module = "cft_rl.annotate_core" if name == "reference" else "cft_rl.annotate_fast"
-    return getattr(importlib.import_module(module), f"annotate_{name}")
-
-
-def load_model(name: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token is None:  # generation pads; many base-model tokenizers ship without a pad
-        tokenizer.pad_token = tokenizer.eos_token
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return model.eval(), tokenizer
-
-
 def run_shard(config: AnnotateConfig) -> Path:
     """Annotate this worker's rows, resuming from its shard file; returns that file."""
     import torch
@@ -317,12 +316,14 @@ def run_shard(config: AnnotateConfig) -> Path:
     rows, unreadable = _load_rows(config)
     finished = {r["index"] for r in records}
     todo = [i for i in range(config.shard_index, len(rows), config.num_shards) if i not in finished]
-    model, tokenizer = load_model(config.model) if todo else (None, None)
+    from cft_rl.annotate_models import load_engine, load_judge
+
+    judge = load_judge(config) if todo else None
     engine = load_engine(config.engine) if todo else None
     torch.manual_seed(config.seed)
     with cpu_float_math(), path.open("a", encoding="utf-8") as handle:
         for i in tqdm(todo, desc=f"annotate shard {config.shard_index}/{config.num_shards}"):
-            _append(handle, annotate_row(config, model, tokenizer, engine, rows[i], i))
+            _append(handle, annotate_row(config, judge, engine, rows[i], i))
         _append(handle, {"done": True, "total_rows": len(rows), "unreadable": unreadable})
     return path
 

@@ -32,21 +32,6 @@ from cft_rl.benchmarks import BENCHMARKS, PAPER_SUITE
 logger = logging.getLogger(__name__)
 
 SUITES = {"paper": PAPER_SUITE, "all": tuple(b for b in BENCHMARKS if b != "gsm8k_train")}
-# Short column headings for the paper-style table (arXiv 2510.10974: a row per model, a column per
-# benchmark, then the average), in PAPER_SUITE order.
-PAPER_HEADINGS = {
-    "gsm8k_test": "GSM8K",
-    "math500": "MATH500",
-    "svamp": "SVAMP",
-    "asdiv": "ASDiv",
-    "mawps": "MAWPS",
-    "carp_en": "CARP-EN",
-    "minerva_math": "Minerva",
-    "gaokao2023en": "GaoKao",
-    "olympiadbench": "Olympiad",
-    "college_math": "College",
-    "sat_math": "SAT",
-}
 
 
 @dataclass
@@ -63,7 +48,8 @@ class EvalConfig:
         greedy: run greedy decoding (accuracy). num_samples: samples per question at ``temperature``
             (0: no sampling). ks / maj_ks: pass@k and maj@k ks (default: powers of two up to n; n).
         max_new_tokens, batch_size (prompts per generation call), seed: generation settings.
-        backend: "hf" (transformers) or "vllm". data_root: the benchmark files' folder.
+        backend: "hf" (transformers) or "vllm"; vllm_gpu_memory_utilization: vLLM's GPU share.
+        data_root: the benchmark files' folder.
         overwrite: rerun benchmarks already finished with the same settings.
     """
 
@@ -82,6 +68,7 @@ class EvalConfig:
     batch_size: int = 32
     seed: int = 0
     backend: str = "hf"
+    vllm_gpu_memory_utilization: float = 0.9
     data_root: str | None = None
     overwrite: bool = False
     progress: bool = True
@@ -110,6 +97,7 @@ class EvalConfig:
     def settings(self) -> dict:
         """What decides a benchmark's results: a finished benchmark is reused only if these match."""
         skip = {"benchmarks", "suite", "out", "batch_size", "data_root", "overwrite", "progress"}
+        skip |= {"vllm_gpu_memory_utilization"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip} | {
             "ks": list(self.ks or ()),
             "maj_ks": list(self.maj_ks or ()),
@@ -145,44 +133,61 @@ def load_eval_dataset(spec: str, config: EvalConfig):
     return f"{label}-{config.split}", load_math_dataset(spec, split=config.split, limit=config.limit)
 
 
-def load_model(name: str):
-    """``(model, tokenizer)`` of a checkpoint folder (full or LoRA, via the SFT loader) or a Hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _tokenizer_source(name: str) -> str:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            return str(path)
+        adapter = path / "adapter_config.json"  # an adapter folder saved without its tokenizer
+        if adapter.is_file():
+            return json.loads(adapter.read_text())["base_model_name_or_path"]
+        return str(path)
+    if name.startswith((".", "/", "~")) or path.suffix:
+        raise FileNotFoundError(f"model {name} not found: pass a checkpoint folder or a Hub id")
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, device: str | None = None):
+    """``(model, tokenizer)`` of a checkpoint folder (full or LoRA, via the SFT loader) or a Hub id,
+    on ``device`` (default: the GPU if there is one)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     from cft_rl.sft import load_sft_checkpoint
 
+    tokenizer = load_tokenizer(name)
     path = Path(name).expanduser()
-    if path.is_dir():
-        model = load_sft_checkpoint(path)
-        has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        tokenizer = AutoTokenizer.from_pretrained(str(path) if has_tokenizer else model.config._name_or_path)
-    elif name.startswith((".", "/", "~")) or path.suffix:
-        raise FileNotFoundError(f"model {name} not found: pass a checkpoint folder or a Hub id")
-    else:
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    import torch
-
-    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+    model = load_sft_checkpoint(path) if path.is_dir() else AutoModelForCausalLM.from_pretrained(name)
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
 
 
 def make_backend(config: EvalConfig):
     """The generation backend the config names, with its model loaded."""
     from cft_rl.evaluation import HFGenerator, VLLMGenerator
 
-    model, tokenizer = load_model(config.model)
     if config.backend == "hf":
+        model, tokenizer = load_model(config.model)
         return HFGenerator(model, tokenizer, config.batch_size)
     from vllm import LLM
 
-    # vLLM loads weights itself; a LoRA adapter was merged on load, so hand it the merged folder.
-    source = config.model
+    # vLLM loads the weights itself, so transformers keeps off the GPU: a LoRA adapter is merged on
+    # the CPU into a folder vLLM can read, and a full model goes to vLLM as it is.
+    source, tokenizer = config.model, load_tokenizer(config.model)
     if (Path(config.model) / "adapter_config.json").is_file():
         source = str(Path(config.out) / "merged_model")
-        model.save_pretrained(source)
+        load_model(config.model, device="cpu")[0].save_pretrained(source)
         tokenizer.save_pretrained(source)
-    return VLLMGenerator(LLM(model=source, seed=config.seed), tokenizer)
+    llm = LLM(model=source, seed=config.seed, gpu_memory_utilization=config.vllm_gpu_memory_utilization)
+    return VLLMGenerator(llm, tokenizer)
 
 
 # --- one benchmark ---------------------------------------------------------------------------------
@@ -312,63 +317,6 @@ def run_eval(config: EvalConfig, backend=None) -> dict[str, dict]:
     return ordered
 
 
-def results_table(results: dict[str, dict]) -> str:
-    """One row per benchmark: questions, accuracy with its interval, and the sampled metrics."""
-    from cft_rl.reports import markdown_table
-
-    extra = sorted(
-        {k for s in results.values() for k, v in s.get("sampled", {}).items() if "@" in k},
-        key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1])),  # pass@k first, then maj@k
-    )
-    diversity = ["distinct_answers", "answer_entropy", "entropy"]
-    rows = []
-    for label, s in results.items():
-        low, high = s["accuracy_ci95"]
-        sampled = s.get("sampled", {})
-        cells = [f"{100 * sampled[k]:.1f}" if k in sampled else "-" for k in extra]
-        cells += [f"{sampled[k]:.2f}" if sampled.get(k) is not None else "-" for k in diversity]
-        rows.append(
-            [
-                label,
-                s["num_questions"],
-                f"{100 * s['accuracy']:.1f}",
-                f"{100 * low:.1f}-{100 * high:.1f}",
-                *cells,
-            ]
-        )
-    header = ["benchmark", "questions", "accuracy %", "95% CI"] + [f"{k} %" for k in extra]
-    return markdown_table(header + (diversity if extra else []), [r if extra else r[:4] for r in rows])
-
-
-def paper_table(models: dict[str, dict[str, dict]]) -> str:
-    """The CFT paper's main-table layout: a row per model, the eleven benchmarks' accuracy (%), Avg.
-
-    ``models``: {model label: {benchmark: summary}}. A benchmark a model lacks shows "-", and its
-    average, over the benchmarks it has, is starred.
-    """
-    from cft_rl.reports import markdown_table
-
-    rows = []
-    for name, results in models.items():
-        accs = [results[b]["accuracy"] if b in results else None for b in PAPER_SUITE]
-        have = [a for a in accs if a is not None]
-        avg = f"{100 * sum(have) / len(have):.1f}" if have else "-"
-        cells = [f"{100 * a:.1f}" if a is not None else "-" for a in accs]
-        rows.append([name, *cells, avg + ("*" if have and len(have) < len(accs) else "")])
-    return markdown_table(["Model", *(PAPER_HEADINGS[b] for b in PAPER_SUITE), "Avg."], rows)
-
-
-def load_results(folder: str | Path) -> tuple[str, dict[str, dict]]:
-    """``(model, {benchmark: summary})`` of a finished eval folder (its summary.json)."""
-    path = Path(folder) / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{folder} holds no summary.json: run `cft-rl eval MODEL --out {folder}` first"
-        )
-    data = json.loads(path.read_text())
-    return data["model"], data["benchmarks"]
-
-
 # --- command line ----------------------------------------------------------------------------------
 
 
@@ -395,6 +343,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from cft_rl.eval_report import load_results, paper_table, results_table
+
     if args.table:  # `cft-rl eval --table DIR...`: the positional words are folders too
         folders = [*args.table, *([args.model] if args.model else []), *args.benchmarks]
         print(paper_table({f"{m} ({f})": r for f in folders for m, r in [load_results(f)]}))

@@ -167,7 +167,7 @@ def run_eval_stage(stage: Stage, root: Path) -> dict:
 
 def run_compare(stage: Stage, root: Path) -> dict:
     from cft_rl.compare import CompareConfig, build_report
-    from cft_rl.pipeline_report import accuracy_section
+    from cft_rl.eval_report import accuracy_section
     from cft_rl.plots import write_report
 
     settings = {k: v for k, v in stage.settings.items() if k != "evals"}

@@ -64,6 +64,7 @@ UNKEYED = {
     "overwrite",
     "data_root",
     "push_to_hub",
+    "vllm_gpu_memory_utilization",
 }
 
 

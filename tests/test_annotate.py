@@ -256,3 +256,37 @@ def test_cli_render_prints_and_writes_html(one_shard, tmp_path, capsys):
     assert page.startswith("<!DOCTYPE html>") and page.count("<mark") == sum(
         len(r) for r in rows["critical_spans"]
     )
+
+
+def test_vllm_backend_loads_one_engine_for_solutions_and_branches(toy_dir, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cft_rl.annotate_fast import VLLMBackend
+    from cft_rl.annotate_models import load_judge
+    from cft_rl.evaluation import VLLMGenerator
+
+    made = []
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=lambda **kw: made.append(kw) or "llm"))
+    config = AnnotateConfig(model=str(toy_dir), dataset="x", out=str(tmp_path), backend="vllm")
+    judge = load_judge(config)
+    assert judge.model is None and made[0]["model"] == str(toy_dir) and made[0]["enable_prefix_caching"]
+    assert isinstance(judge.backend, VLLMBackend) and isinstance(judge.generator, VLLMGenerator)
+    assert judge.backend.llm == judge.generator.llm == "llm"
+    with pytest.raises(ValueError, match="backend 'vllm' needs engine 'fast'"):
+        AnnotateConfig(model="m", dataset="d", out="o", backend="vllm", engine="reference")
+    with pytest.raises(ValueError, match="backend must be one of hf, vllm"):
+        AnnotateConfig(model="m", dataset="d", out="o", backend="vlm")
+
+
+def test_each_launcher_worker_loads_on_its_own_gpu(toy_dir, monkeypatch):
+    import torch
+    from transformers import PreTrainedModel
+
+    from cft_rl.annotate_models import load_model
+
+    moved = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(PreTrainedModel, "to", lambda self, device: moved.append(device) or self)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    load_model(str(toy_dir))
+    assert moved == ["cuda:3"]

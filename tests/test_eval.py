@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cft_rl.data import DataError
-from cft_rl.eval_job import EvalConfig, load_eval_dataset, paper_table, run_eval
+from cft_rl.eval_job import EvalConfig, load_eval_dataset, run_eval
+from cft_rl.eval_report import paper_table
 from cft_rl.evaluation import HFGenerator, Sample, VLLMGenerator, generate, score_groups
 
 

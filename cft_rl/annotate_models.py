@@ -1,0 +1,74 @@
+"""Loading what annotates: the engine, and the model behind it (transformers on this worker's GPU, or vLLM).
+
+Kept apart from :mod:`cft_rl.annotate` (the job) because these are the heavy, device-facing imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cft_rl.annotate import AnnotateConfig
+
+
+def load_engine(name: str):
+    """``annotate_reference`` or ``annotate_fast``: imported only when used (torch and friends are slow)."""
+    module = "cft_rl.annotate_core" if name == "reference" else "cft_rl.annotate_fast"
+    return getattr(importlib.import_module(module), f"annotate_{name}")
+
+
+@dataclass
+class Judge:
+    """What annotates: the model (None under vLLM), its tokenizer, a generator for the self
+    solutions, and the fast engine's backend (None: the engine's own transformers backend)."""
+
+    model: object
+    tokenizer: object
+    generator: object
+    backend: object = None
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:  # generation pads; many base-model tokenizers ship without a pad
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    if torch.cuda.is_available():  # each launcher worker on its own GPU, not all on cuda:0
+        model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return model.eval(), _load_tokenizer(name)
+
+
+def load_judge(config: AnnotateConfig) -> Judge:
+    from cft_rl.evaluation import HFGenerator, VLLMGenerator
+
+    if config.backend == "hf":
+        model, tokenizer = load_model(config.model)
+        # One prompt per call: batched greedy decoding pads, and padding can change the argmax,
+        # which would make the output depend on how rows were sharded.
+        return Judge(model, tokenizer, HFGenerator(model, tokenizer, batch_size=1))
+    from vllm import LLM
+
+    from cft_rl.annotate_fast import VLLMBackend
+
+    tokenizer = _load_tokenizer(config.model)
+    # Under a launcher each worker sees only its own GPU's share; prefix caching makes the many
+    # continuations of one solution reuse its prefix.
+    llm = LLM(
+        model=config.model,
+        enable_prefix_caching=True,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        seed=config.seed,
+    )
+    return Judge(None, tokenizer, VLLMGenerator(llm, tokenizer), VLLMBackend(llm, tokenizer))

@@ -1,0 +1,85 @@
+"""The demo's figures: wall time per stage and what the toy experiment showed, from a finished pipeline.
+
+    make demo && python scripts/bench_demo.py --pipeline outputs/pipeline/toy
+
+Reads the stage manifests (each records its own seconds) and the report, so the figures are those of
+the run itself rather than of a second run. Run the pipeline from scratch (a fresh output_dir) for a
+from-scratch time: a stage skipped as done records no time in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from cft_rl.reports import markdown_table, write_section
+
+
+def load_manifests(root: Path) -> list[dict]:
+    paths = [p for p in sorted(root.glob("**/manifest.json")) if ".superseded" not in p.parts]
+    manifests = [m for m in (json.loads(p.read_text()) for p in paths) if "stage" in m]
+    unfinished = [m["stage"] for m in manifests if m.get("status") != "done"]
+    if unfinished:
+        raise SystemExit(f"stages not finished: {unfinished}; rerun the pipeline first")
+    return manifests
+
+
+def time_table(manifests: list[dict]) -> tuple[str, float]:
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for m in manifests:
+        by_kind[m["kind"]].append(m["seconds"])
+    order = ["toy", "annotate", "sft", "grpo", "eval", "compare"]
+    rows = [[k, len(by_kind[k]), f"{sum(by_kind[k]):.0f}"] for k in order if k in by_kind]
+    total = sum(sum(v) for v in by_kind.values())
+    rows.append(["**total**", len(manifests), f"**{total:.0f}** ({total / 60:.1f} min)"])
+    return markdown_table(["stage kind", "stages", "seconds"], rows), total
+
+
+def reward_table(manifests: list[dict]) -> str:
+    rows = []
+    by_arm: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for m in manifests:
+        out = m.get("outputs") or {}
+        if m["kind"] == "grpo" and "reward_first" in out:
+            arm = m["stage"].split("/")[1]
+            by_arm[arm].append((out["reward_first"], out["reward_last"]))
+            rows.append([m["stage"], out["steps"], f"{out['reward_first']:.3f}", f"{out['reward_last']:.3f}"])
+    for arm, pairs in by_arm.items():
+        first = statistics.mean(p[0] for p in pairs)
+        last = statistics.mean(p[1] for p in pairs)
+        rows.append([f"**{arm}** (mean of {len(pairs)} seeds)", "", f"{first:.3f}", f"{last:.3f}"])
+    return markdown_table(["GRPO run", "steps", "mean reward, first 20 steps", "last 20 steps"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", default="outputs/pipeline/toy", help="a finished pipeline's output_dir")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    root = Path(args.pipeline)
+    manifests = load_manifests(root)
+    times, total = time_table(manifests)
+    report = (root / "compare" / "report.md").read_text()
+    accuracy = report.split("## Accuracy (greedy, %)", 1)[1].split("\n## ", 1)[0].strip()
+    body = (
+        "## The demo: `make demo` (recipes/toy/pipeline.yaml)\n\n"
+        f"From scratch on this machine: **{total / 60:.1f} min** (budget: 20 min on 2 cores, setup excluded).\n\n"
+        f"{times}\n\nGRPO training reward (windows of up to 20 steps; with fewer steps they overlap):\n\n"
+        f"{reward_table(manifests)}\n\nGreedy accuracy on the toy test split (%):\n\n{accuracy}\n\n"
+        f"The curves and the rest: `{root}/compare/report.html`."
+    )
+    print(body)
+    if not args.no_write:
+        command = "make demo && python scripts/bench_demo.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
+        write_section("demo", body, command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
