@@ -105,24 +105,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from cft_rl.eval_job import run_from_args
-
-    return run_from_args(args)
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from cft_rl.compare import run_from_args
-
-    return run_from_args(args)
-
-
-def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from cft_rl.pipeline import run_from_args
-
-    return run_from_args(args)
-
-
 def _cmd_sft(argv: list[str]) -> int:
     from cft_rl.sft import main as sft_main
 
@@ -192,33 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-color", action="store_true")
     p.set_defaults(func=_cmd_render)
 
-    from cft_rl import compare, eval_job  # argument definitions only; the heavy imports are inside
+    # These modules define their arguments and run functions; their heavy imports happen inside.
+    from cft_rl import compare, eval_job, pipeline
 
-    p = sub.add_parser(
-        "eval",
-        help="evaluate a checkpoint on math benchmarks (accuracy, pass@k, maj@k, diversity, entropy)",
-        description="cft-rl eval MODEL BENCHMARK... | --suite paper; cft-rl eval --table EVAL_DIR...",
-    )
-    eval_job.add_arguments(p)
-    p.set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser(
-        "compare",
-        help="compare training runs' curves by label (figures, HTML and markdown report)",
-        description="Reads each RUN_DIR's trainer_state.json (or its latest checkpoint-*/'s).",
-    )
-    compare.add_arguments(p)
-    p.set_defaults(func=_cmd_compare)
-
-    from cft_rl import pipeline
-
-    p = sub.add_parser(
-        "pipeline",
-        help="the whole experiment from one recipe: toy, annotate, SFT arms, GRPO x seeds, eval, compare",
-        description="Runs every stage not yet done; rerun to resume. See recipes/*/pipeline.yaml.",
-    )
-    pipeline.add_arguments(p)
-    p.set_defaults(func=_cmd_pipeline)
+    for name, module, help_, description in (
+        (
+            "eval",
+            eval_job,
+            "evaluate a checkpoint on math benchmarks (accuracy, pass@k, maj@k, diversity, entropy)",
+            "cft-rl eval MODEL BENCHMARK... | --suite paper; cft-rl eval --table EVAL_DIR...",
+        ),
+        (
+            "compare",
+            compare,
+            "compare training runs' curves by label (figures, HTML and markdown report)",
+            "Reads each RUN_DIR's trainer_state.json (or its latest checkpoint-*/'s).",
+        ),
+        (
+            "pipeline",
+            pipeline,
+            "the whole experiment from one recipe: toy, annotate, SFT arms, GRPO x seeds, eval, compare",
+            "Runs every stage not yet done; rerun to resume. See recipes/*/pipeline.yaml.",
+        ),
+    ):
+        p = sub.add_parser(name, help=help_, description=description)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run_from_args)
 
     # Parsed by TRL's parser (see cft_rl.sft.main); listed here so that `cft-rl --help` shows it.
     sub.add_parser(

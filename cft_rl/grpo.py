@@ -73,6 +73,10 @@ class GRPORunConfig(GRPOConfig):
     Parameters:
         adapter_mode: When the warm-start directory holds a LoRA adapter: ``merge`` it into its base
             model and train the full model, or ``train`` the adapter itself (base frozen).
+        trainable_parameters: fnmatch patterns of parameter names to train; every other parameter is
+            frozen. None: all. ``["*norm*"]`` is LayerNorm tuning: on the 0.46M toy model, full-parameter
+            Adam harms the policy faster than RL's signal builds up, while the normalisation weights
+            alone let RL sharpen it (docs/benchmarks.md, "GRPO on the toy"). Not with a LoRA adapter.
         reward_funcs: Reward functions, by registered name (``math_reward``, ``format_reward``) or
             dotted import path (``pkg.module.func``).
         correct_reward: Name of the reward whose value decides correctness for ``explore/pass@k``
@@ -100,6 +104,9 @@ class GRPORunConfig(GRPOConfig):
     """
 
     adapter_mode: str = field(default="merge", metadata={"help": "LoRA warm-start: 'merge' or 'train'."})
+    trainable_parameters: list[str] | None = field(
+        default=None, metadata={"help": "fnmatch patterns of the parameters to train (None: all)."}
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["math_reward"],
         metadata={"help": "Reward functions: registered names or dotted import paths."},
@@ -182,6 +189,24 @@ def load_warm_start(path: str | Path, adapter_mode: str = "merge", **model_kwarg
     return load_sft_checkpoint(path, merge=not train, trainable=train, **model_kwargs)
 
 
+def restrict_trainable(model, patterns: Sequence[str]) -> int:
+    """Freeze every parameter whose name matches none of ``patterns`` (fnmatch); returns the number of
+    parameters left trainable. The trainer's optimizer then only sees those."""
+    from fnmatch import fnmatchcase
+
+    kept = 0
+    for name, param in model.named_parameters():
+        train = any(fnmatchcase(name, pattern) for pattern in patterns)
+        param.requires_grad_(train)
+        kept += param.numel() if train else 0
+    if not kept:
+        example = next(iter(dict(model.named_parameters())), "?")
+        raise ValueError(
+            f"trainable_parameters {list(patterns)} match no parameter; names look like {example!r}"
+        )
+    return kept
+
+
 def load_tokenizer(path: str | Path):
     """The tokenizer saved with a warm-start; for an adapter saved without one, its base model's."""
     from transformers import AutoTokenizer
@@ -245,6 +270,12 @@ def build_trainer(
     if isinstance(model, (str, Path)):
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_warm_start(model, config.adapter_mode, **(config.model_init_kwargs or {}))
+    if config.trainable_parameters:
+        if peft_config is not None or hasattr(model, "peft_config"):
+            raise ValueError(
+                "trainable_parameters selects parameters of a full model; drop it or the LoRA adapter"
+            )
+        restrict_trainable(model, config.trainable_parameters)
     if peft_config is not None and config.adapter_mode == "train" and hasattr(model, "peft_config"):
         raise ValueError(
             "the warm-start is a LoRA adapter kept trainable (adapter_mode=train) and a new peft_config "

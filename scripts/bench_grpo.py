@@ -191,30 +191,44 @@ def bench_overhead(args) -> str:
 # --- learning run ----------------------------------------------------------------------------------------
 
 
-def bench_learn(args) -> str:
+def _learn_run(args, name: str, extra: list[str]):
     from cft_rl.grpo import run_cli
-    from cft_rl.reports import markdown_table
 
     argv = ["--config", str(RECIPE), "--model_name_or_path", args.toy, "--dataset_name", f"{args.toy}/data"]
-    argv += ["--output_dir", str(Path(args.work) / "learn"), "--report_to", "none", *args.recipe_args.split()]
+    argv += ["--output_dir", str(Path(args.work) / name), "--report_to", "none", *args.recipe_args.split()]
     start = time.perf_counter()
-    trainer = run_cli(argv)
-    minutes = (time.perf_counter() - start) / 60
-    history = [e for e in trainer.state.log_history if "reward" in e]
-    rewards = [e["reward"] for e in history]
+    trainer = run_cli(argv + extra)
+    return trainer.state.log_history, (time.perf_counter() - start) / 60
+
+
+def _window(rows: list[dict], name: str) -> list[float]:
+    return [e[name] for e in rows if name in e]
+
+
+def _mean_se(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} (+-{statistics.stdev(values) / len(values) ** 0.5:.3f})"
+
+
+def bench_learn(args) -> str:
+    """The recipe, then the same recipe at learning rate 0: the same seed draws the same prompts, so
+    the control says how much of a first-vs-last difference the prompt draw alone makes."""
+    from cft_rl.reports import markdown_table
+
     k = 20
-    first, last = statistics.mean(rewards[:k]), statistics.mean(rewards[-k:])
-    spread = statistics.stdev(rewards[:k]) / k**0.5, statistics.stdev(rewards[-k:]) / k**0.5
-
-    def window(name: str, rows: list[dict]) -> str:
-        values = [e[name] for e in rows if name in e]
-        return f"{statistics.mean(values):.3f}" if values else "-"
-
+    trained, minutes = _learn_run(args, "learn", [])
+    control, _ = _learn_run(args, "control", ["--learning_rate", "0"])
+    runs = {"GRPO (recipe)": trained, "control (lr 0)": control}
+    steps = {label: [e for e in h if "reward" in e] for label, h in runs.items()}
+    reward_rows = [
+        [label, _mean_se(_window(rows[:k], "reward")), _mean_se(_window(rows[-k:], "reward"))]
+        for label, rows in steps.items()
+    ]
     names = [
         "reward",
         "entropy",
         "entropy/p90",
         "entropy/numeric",
+        "entropy/word",
         "entropy/forking_frac",
         "explore/pass@1",
         "explore/pass@8",
@@ -223,21 +237,44 @@ def bench_learn(args) -> str:
         "explore/self_bleu",
         "completions/mean_length",
     ]
+    grpo, control = steps["GRPO (recipe)"], steps["control (lr 0)"]
+
+    def cell(rows: list[dict], name: str) -> str:
+        values = _window(rows, name)
+        return f"{statistics.mean(values):.3f}" if values else "-"
+
     table = markdown_table(
-        ["metric", f"first {k} steps", f"last {k} steps"],
-        [[f"`{n}`", window(n, history[:k]), window(n, history[-k:])] for n in names],
+        ["metric", f"GRPO first {k}", f"GRPO last {k}", f"control first {k}", f"control last {k}"],
+        [
+            [f"`{n}`", *(cell(rows, n) for rows in (grpo[:k], grpo[-k:], control[:k], control[-k:]))]
+            for n in names
+        ],
     )
-    probes = [e for e in trainer.state.log_history if "probe/pass@1" in e]
-    columns = [k for k in (probes[0] if probes else {}) if k.startswith("probe/") and k != "probe/seconds"]
-    probe_rows = [[e["step"], *(f"{e[c]:.3f}" for c in columns)] for e in probes]
-    probe_table = markdown_table(["step", *(f"`{c}`" for c in columns)], probe_rows)
+    probes = {label: {e["step"]: e for e in h if "probe/pass@1" in e} for label, h in runs.items()}
+    columns = ["probe/pass@1", "probe/pass@4", "probe/maj@4", "probe/entropy", "probe/distinct_answers"]
+    probe_rows = []
+    for step, e in probes["GRPO (recipe)"].items():
+        c = probes["control (lr 0)"].get(step, {})
+        probe_rows.append(
+            [
+                step,
+                *(f"{e[n]:.3f}" for n in columns),
+                *(f"{c[n]:.3f}" if n in c else "-" for n in columns[::3]),
+            ]
+        )
+    probe_table = markdown_table(
+        ["step", *(f"`{n}`" for n in columns), "control `probe/pass@1`", "control `probe/entropy`"],
+        probe_rows,
+    )
     return (
         "## GRPO on the toy: does RL learn?\n\n"
-        f"Recipe `recipes/toy/grpo/toy.yaml` {args.recipe_args} from the toy warm-start `{args.toy}`, {len(rewards)} steps, "
-        f"{minutes:.1f} min.\n\n"
-        f"**Mean training reward: first {k} steps {first:.3f} (+-{spread[0]:.3f} s.e.), last {k} steps "
-        f"{last:.3f} (+-{spread[1]:.3f}).**\n\n{table}\n\n"
-        f"Fixed probe (held-out validation prompts, T=1):\n\n{probe_table}"
+        f"Recipe `recipes/toy/grpo/toy.yaml` {args.recipe_args} from the toy warm-start `{args.toy}`, "
+        f"{len(steps['GRPO (recipe)'])} steps, {minutes:.1f} min; then the same run at learning rate 0 (the "
+        "same seed draws the same prompts, so the control shows what the prompt draw alone does).\n\n"
+        + markdown_table(
+            ["run", f"mean training reward, first {k} steps (s.e.)", f"last {k} steps"], reward_rows
+        )
+        + f"\n\n{table}\n\nFixed probe (held-out validation prompts, T=1):\n\n{probe_table}"
     )
 
 

@@ -147,6 +147,27 @@ def test_lora_warm_start_is_merged_or_kept_trainable(tmp_path, toy_dir):
     assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
 
 
+def test_trainable_parameters_train_only_what_they_match(tmp_path, toy_dir):
+    import datasets
+
+    from cft_rl.grpo import build_trainer
+
+    config = _config(tmp_path, trainable_parameters=["*norm*"], max_steps=1, reward_funcs=["format_reward"])
+    train = datasets.load_from_disk(str(toy_dir / "data"))["train"]
+    trainer = build_trainer(config, str(toy_dir), train)
+    named = dict(trainer.model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and trainable == {n for n in named if "norm" in n}
+    trainer.create_optimizer()
+    in_optimizer = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    assert in_optimizer == sum(named[n].numel() for n in trainable)
+    frozen = {n: p.clone() for n, p in named.items() if n not in trainable}
+    trainer.train()
+    assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
+    with pytest.raises(ValueError, match=r"match no parameter; names look like"):
+        build_trainer(_config(tmp_path, trainable_parameters=["nothing.*"]), str(toy_dir), train)
+
+
 # --- end to end: monitors land in trainer_state.json --------------------------------------------------
 
 
