@@ -270,6 +270,7 @@ def build_trainer(
     if isinstance(model, (str, Path)):
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_warm_start(model, config.adapter_mode, **(config.model_init_kwargs or {}))
+        config.model_init_kwargs = None  # used here; TRL would warn that it ignores them
     if config.trainable_parameters:
         if peft_config is not None or hasattr(model, "peft_config"):
             raise ValueError(

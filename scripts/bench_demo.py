@@ -55,6 +55,30 @@ def reward_table(manifests: list[dict]) -> str:
     return markdown_table(["GRPO run", "steps", "mean reward, first 20 steps", "last 20 steps"], rows)
 
 
+def probe_table(manifests: list[dict]) -> str:
+    """Per arm, mean over seeds of the fixed probe at its first and last logging: the comparable curve."""
+    by_arm: dict[str, list[list[dict]]] = defaultdict(list)
+    for m in manifests:
+        if m["kind"] != "grpo":
+            continue
+        state = Path(m["settings"]["output_dir"]) / "trainer_state.json"
+        if state.is_file():
+            history = json.loads(state.read_text())["log_history"]
+            by_arm[m["stage"].split("/")[1]].append([e for e in history if "probe/pass@1" in e])
+    rows = []
+    for arm, runs in by_arm.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        cells = []
+        for name in ("probe/pass@1", "probe/entropy"):
+            first = statistics.mean(r[0][name] for r in runs)
+            last = statistics.mean(r[-1][name] for r in runs)
+            cells.append(f"{first:.3f} -> {last:.3f}")
+        rows.append([arm, len(runs), runs[0][-1]["step"], *cells])
+    return markdown_table(["arm", "seeds", "last step", "`probe/pass@1`", "`probe/entropy`"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="outputs/pipeline/toy", help="a finished pipeline's output_dir")
@@ -67,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = report.split("## Accuracy (greedy, %)", 1)[1].split("\n## ", 1)[0].strip()
     body = (
         "## The demo: `make demo` (recipes/toy/pipeline.yaml)\n\n"
-        f"From scratch on this machine: **{total / 60:.1f} min** (budget: 20 min on 2 cores, setup excluded).\n\n"
+        f"From scratch on this machine: **{total / 60:.1f} min** (budget: 20 min on 2 cores, setup excluded): "
+        "the sum of the times the stage manifests recorded, each stage run once.\n\n"
         f"{times}\n\nGRPO training reward (windows of up to 20 steps; with fewer steps they overlap):\n\n"
-        f"{reward_table(manifests)}\n\nGreedy accuracy on the toy test split (%):\n\n{accuracy}\n\n"
+        f"{reward_table(manifests)}\n\nThe fixed probe (held-out prompts, T=1), first and last probe, mean over seeds:\n\n"
+        f"{probe_table(manifests)}\n\nGreedy accuracy on the toy test split (%):\n\n{accuracy}\n\n"
         f"The curves and the rest: `{root}/compare/report.html`."
     )
     print(body)
