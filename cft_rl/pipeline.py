@@ -115,11 +115,16 @@ def _launched(stage: Stage, command: str, root: Path, extra: list[str] = ()) -> 
 
 
 def _last_checkpoint(folder: Path) -> list[str]:
-    """``--resume_from_checkpoint`` flags when an interrupted trainer left a checkpoint."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """``--resume_from_checkpoint`` flags for an interrupted trainer's last complete checkpoint.
 
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    return ["--resume_from_checkpoint", last] if last else []
+    A kill can land while a checkpoint is being written; the trainer writes ``trainer_state.json``
+    after the weights and optimizer, so a checkpoint without it is skipped for the one before."""
+    steps = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            steps.append((int(suffix), path))
+    return ["--resume_from_checkpoint", str(max(steps)[1])] if steps else []
 
 
 def run_toy(stage: Stage, root: Path) -> dict:

@@ -109,6 +109,17 @@ def test_cli_dry_run_prints_the_plan_and_errors_cleanly(tmp_path, capsys):
     assert "temprature" in capsys.readouterr().err
 
 
+def test_resume_point_is_the_last_complete_checkpoint(tmp_path):
+    from cft_rl.pipeline import _last_checkpoint
+
+    assert _last_checkpoint(tmp_path / "missing") == []
+    for step, complete in ((2, True), (10, True), (11, False)):  # 11: killed while being written
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert _last_checkpoint(tmp_path) == ["--resume_from_checkpoint", str(tmp_path / "checkpoint-10")]
+
+
 # --- end to end ------------------------------------------------------------------------------------
 
 
