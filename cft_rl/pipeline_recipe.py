@@ -249,6 +249,33 @@ def stage_key(stage: Stage, keys: dict[str, str], root: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _training_stages(recipe: Recipe, model, data, upstream: list[str]) -> tuple[list[Stage], list]:
+    """The SFT arms, then GRPO per seed and arm; and the (arm, GRPO stage name) pairs."""
+    root = Path(recipe.output_dir)
+    launch = recipe.launch
+    sft_common = {k: v for k, v in recipe.sft.items() if k not in EXTRA_KEYS["sft"]}
+    grpo_common = {k: v for k, v in recipe.grpo.items() if k not in EXTRA_KEYS["grpo"]}
+    grpo_common.setdefault("dataset_train_split", recipe.dataset_train_split)
+    stages, grpo_runs, arms = [], [], recipe.arms()
+    for arm, overrides in arms.items():
+        overrides = dict(overrides)
+        arm_launch = overrides.pop("launch", recipe.sft.get("launch", launch))
+        sft = {**sft_common, **overrides, "model_name_or_path": model, "dataset_name": str(root / "annotate")}
+        sft["output_dir"] = str(root / "sft" / arm)
+        stages.append(Stage(f"sft/{arm}", "sft", sft, ["annotate"], arm_launch))
+    # Seeds outside, arms inside: a pipeline stopped early still has every arm at the first seeds.
+    for seed in recipe.seeds():
+        for arm in arms:
+            name = f"grpo/{arm}/seed{seed}"
+            grpo = {**grpo_common, "model_name_or_path": str(root / "sft" / arm), "dataset_name": data}
+            grpo |= {"seed": seed, "output_dir": str(root / name)}
+            stages.append(
+                Stage(name, "grpo", grpo, [f"sft/{arm}", *upstream], recipe.grpo.get("launch", launch))
+            )
+            grpo_runs.append((arm, name))
+    return stages, grpo_runs
+
+
 def plan(recipe: Recipe) -> list[Stage]:
     """The stages in run order, each keyed."""
     root = Path(recipe.output_dir)
@@ -266,40 +293,19 @@ def plan(recipe: Recipe) -> list[Stage]:
     annotate.setdefault("split", recipe.dataset_train_split)
     stages.append(Stage("annotate", "annotate", annotate, upstream, recipe.annotate.get("launch", launch)))
 
-    sft_common = {k: v for k, v in recipe.sft.items() if k not in EXTRA_KEYS["sft"]}
-    grpo_common = {k: v for k, v in recipe.grpo.items() if k not in EXTRA_KEYS["grpo"]}
     eval_common = {k: v for k, v in recipe.eval.items() if k != "models"}
     if recipe.toy is not None:
         eval_common.setdefault("benchmarks", [str(root / "toy" / "world")])
-    grpo_common.setdefault("dataset_train_split", recipe.dataset_train_split)
-    evals: list[Stage] = []
     which = recipe.eval.get("models", EVAL_MODELS)
-    if "base" in which:
-        evals.append(Stage("eval/base", "eval", {**eval_common, "model": model}, upstream))
-    grpo_runs, arms = [], recipe.arms()
-    for arm, overrides in arms.items():
-        overrides = dict(overrides)
-        arm_launch = overrides.pop("launch", recipe.sft.get("launch", launch))
-        sft = {**sft_common, **overrides, "model_name_or_path": model, "dataset_name": str(root / "annotate")}
-        sft["output_dir"] = str(root / "sft" / arm)
-        stages.append(Stage(f"sft/{arm}", "sft", sft, ["annotate"], arm_launch))
-        if "sft" in which:
+    evals = [Stage("eval/base", "eval", {**eval_common, "model": model}, upstream)] if "base" in which else []
+    trained, grpo_runs = _training_stages(recipe, model, data, upstream)
+    for stage in trained:
+        stages.append(stage)
+        if stage.kind in which:  # eval/sft/<arm>, eval/grpo/<arm>/seed<s>
+            model_dir = stage.settings["output_dir"]
             evals.append(
-                Stage(f"eval/sft/{arm}", "eval", {**eval_common, "model": sft["output_dir"]}, [f"sft/{arm}"])
+                Stage(f"eval/{stage.name}", "eval", {**eval_common, "model": model_dir}, [stage.name])
             )
-    # Seeds outside, arms inside: a pipeline stopped early still has every arm at the first seeds.
-    for seed in recipe.seeds():
-        for arm in arms:
-            name = f"grpo/{arm}/seed{seed}"
-            grpo = {**grpo_common, "model_name_or_path": str(root / "sft" / arm), "dataset_name": data}
-            grpo |= {"seed": seed, "output_dir": str(root / name)}
-            inputs = [f"sft/{arm}", *upstream]
-            stages.append(Stage(name, "grpo", grpo, inputs, recipe.grpo.get("launch", launch)))
-            grpo_runs.append((arm, name))
-            if "grpo" in which:
-                evals.append(
-                    Stage(f"eval/{name}", "eval", {**eval_common, "model": grpo["output_dir"]}, [name])
-                )
     stages += evals
     compare = {
         **recipe.compare,
