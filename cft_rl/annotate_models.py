@@ -31,23 +31,16 @@ class Judge:
     backend: object = None
 
 
-def _load_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token is None:  # generation pads; many base-model tokenizers ship without a pad
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def load_model(name: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from cft_rl.sft import load_checkpoint_tokenizer
+
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     if torch.cuda.is_available():  # each launcher worker on its own GPU, not all on cuda:0
         model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return model.eval(), _load_tokenizer(name)
+    return model.eval(), load_checkpoint_tokenizer(name)
 
 
 def load_judge(config: AnnotateConfig) -> Judge:
@@ -61,8 +54,9 @@ def load_judge(config: AnnotateConfig) -> Judge:
     from vllm import LLM
 
     from cft_rl.annotate_fast import VLLMBackend
+    from cft_rl.sft import load_checkpoint_tokenizer
 
-    tokenizer = _load_tokenizer(config.model)
+    tokenizer = load_checkpoint_tokenizer(config.model)
     # Under a launcher each worker sees only its own GPU's share; prefix caching makes the many
     # continuations of one solution reuse its prefix.
     llm = LLM(

@@ -133,38 +133,15 @@ def load_eval_dataset(spec: str, config: EvalConfig):
     return f"{label}-{config.split}", load_math_dataset(spec, split=config.split, limit=config.limit)
 
 
-def _tokenizer_source(name: str) -> str:
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            return str(path)
-        adapter = path / "adapter_config.json"  # an adapter folder saved without its tokenizer
-        if adapter.is_file():
-            return json.loads(adapter.read_text())["base_model_name_or_path"]
-        return str(path)
-    if name.startswith((".", "/", "~")) or path.suffix:
-        raise FileNotFoundError(f"model {name} not found: pass a checkpoint folder or a Hub id")
-    return name
-
-
-def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(name))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def load_model(name: str, device: str | None = None):
     """``(model, tokenizer)`` of a checkpoint folder (full or LoRA, via the SFT loader) or a Hub id,
     on ``device`` (default: the GPU if there is one)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cft_rl.sft import load_sft_checkpoint
+    from cft_rl.sft import load_checkpoint_tokenizer, load_sft_checkpoint
 
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_checkpoint_tokenizer(name)
     path = Path(name).expanduser()
     model = load_sft_checkpoint(path) if path.is_dir() else AutoModelForCausalLM.from_pretrained(name)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
@@ -181,7 +158,9 @@ def make_backend(config: EvalConfig):
 
     # vLLM loads the weights itself, so transformers keeps off the GPU: a LoRA adapter is merged on
     # the CPU into a folder vLLM can read, and a full model goes to vLLM as it is.
-    source, tokenizer = config.model, load_tokenizer(config.model)
+    from cft_rl.sft import load_checkpoint_tokenizer
+
+    source, tokenizer = config.model, load_checkpoint_tokenizer(config.model)
     if (Path(config.model) / "adapter_config.json").is_file():
         source = str(Path(config.out) / "merged_model")
         load_model(config.model, device="cpu")[0].save_pretrained(source)

@@ -28,6 +28,7 @@ from trl import GRPOConfig
 from cft_rl.cpu import cpu_float_math
 from cft_rl.grpo_monitor import MonitoredGRPOTrainer, Probe, build_reward_funcs, tolerant_reward
 from cft_rl.monitors import MonitorConfig
+from cft_rl.sft import load_checkpoint_tokenizer as load_tokenizer
 from cft_rl.sft import load_sft_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -205,21 +206,6 @@ def restrict_trainable(model, patterns: Sequence[str]) -> int:
             f"trainable_parameters {list(patterns)} match no parameter; names look like {example!r}"
         )
     return kept
-
-
-def load_tokenizer(path: str | Path):
-    """The tokenizer saved with a warm-start; for an adapter saved without one, its base model's."""
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    adapter = path / "adapter_config.json"
-    if adapter.is_file() and not any(
-        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
-    ):
-        import json
-
-        path = json.loads(adapter.read_text())["base_model_name_or_path"]
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 # --- the Python API --------------------------------------------------------------------------------

@@ -227,10 +227,7 @@ class SelectiveSFTTrainer(SFTTrainer):
 
 
 def _load_tokenizer(model):
-    from transformers import AutoTokenizer
-
-    name = model if isinstance(model, str) else model.config._name_or_path
-    return AutoTokenizer.from_pretrained(name)
+    return load_checkpoint_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
 
 
 def _scoring_model(name: str, args: SelectiveSFTConfig):
@@ -304,6 +301,27 @@ def _finish(args: SelectiveSFTConfig, trainers: dict) -> SFTResult:
     if trainers[next(iter(trainers))].accelerator.is_main_process:
         (result.output_dir / "selection.json").write_text(json.dumps(result.selection, indent=2))
     return result
+
+
+def load_checkpoint_tokenizer(name: str | Path):
+    """The tokenizer of a checkpoint folder or Hub id; for a LoRA adapter folder saved without one, its
+    base model's. A missing pad token becomes eos (generation pads; many base tokenizers have none)."""
+    from transformers import AutoTokenizer
+
+    path = Path(name).expanduser()
+    source = str(name)
+    if path.is_dir():
+        source = str(path)
+        adapter = path / "adapter_config.json"
+        has_own = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        if adapter.is_file() and not has_own:
+            source = json.loads(adapter.read_text())["base_model_name_or_path"]
+    elif source.startswith((".", "/", "~")) or path.suffix:
+        raise FileNotFoundError(f"model {name} not found: pass a checkpoint folder or a Hub id")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_sft_checkpoint(path: str | Path, merge: bool = True, trainable: bool = False, **model_kwargs):
