@@ -22,3 +22,15 @@ def toy_dir(tmp_path_factory, toy_config):
     from cft_rl.toy import build_toy
 
     return build_toy(tmp_path_factory.mktemp("toy") / "world", toy_config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def two_cpu_processes():
+    """The command prefix that runs a script as 2 CPU processes under ``accelerate launch``.
+
+    --multi_gpu picks the torchrun launcher; the job's use_cpu=True makes it CPU/gloo DDP (accelerate's
+    own --cpu multi-process launch needs MPI)."""
+    import sys
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    return launch + ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]

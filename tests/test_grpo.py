@@ -230,7 +230,7 @@ def test_monitors_and_probe_land_in_the_log_history(tmp_path, toy_dir):
 # --- several processes: the same samples give the same metrics ------------------------------------------
 
 
-def test_two_processes_log_what_one_process_logs(toy_dir, tmp_path):
+def test_two_processes_log_what_one_process_logs(toy_dir, tmp_path, two_cpu_processes):
     job = str(ROOT / "tests" / "grpo_ddp_job.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one.json", tmp_path / "two.json"
@@ -238,10 +238,9 @@ def test_two_processes_log_what_one_process_logs(toy_dir, tmp_path):
         [sys.executable, job, str(toy_dir), str(one), "12"], env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    # --multi_gpu picks the torchrun launcher; the job's use_cpu=True makes it CPU/gloo DDP.
-    run = subprocess.run([*launch, job, str(toy_dir), str(two), "6"], env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [*two_cpu_processes, job, str(toy_dir), str(two), "6"], env=env, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert (a["world_size"], b["world_size"]) == (1, 2)

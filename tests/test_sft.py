@@ -189,7 +189,7 @@ def test_selective_loss_equals_a_plain_logits_computation(toy, tmp_path, loss_ty
     assert logged["selected/nll"] == pytest.approx(-picked[selected].mean().item(), abs=1e-5)
 
 
-def test_two_processes_normalise_like_one(toy_dir, tmp_path):
+def test_two_processes_normalise_like_one(toy_dir, tmp_path, two_cpu_processes):
     """Rank 0 and rank 1 select different numbers of tokens; the step must still be one mean."""
     job = str(ROOT / "tests" / "sft_ddp_job.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -197,11 +197,9 @@ def test_two_processes_normalise_like_one(toy_dir, tmp_path):
     subprocess.run(
         [sys.executable, job, str(toy_dir), str(one), "2"], check=True, env=env, capture_output=True
     )
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    # --multi_gpu picks the torchrun launcher; the job's use_cpu=True makes it CPU/gloo DDP (accelerate's
-    # own --cpu multi-process launch needs MPI).
-    run = subprocess.run([*launch, job, str(toy_dir), str(two), "1"], env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [*two_cpu_processes, job, str(toy_dir), str(two), "1"], env=env, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert (a["world_size"], b["world_size"]) == (1, 2)
