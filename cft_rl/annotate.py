@@ -46,7 +46,7 @@ _NEUTRAL_FIELDS = (
     "eager_alternatives",
     "vllm_gpu_memory_utilization",
 )
-_NEUTRAL_FIELDS += ("draft_tokens", "wait_for_shards")
+_NEUTRAL_FIELDS += ("wait_for_shards",)
 
 
 @dataclass
@@ -71,11 +71,11 @@ class AnnotateConfig:
             ``"vllm"`` (vLLM generates the self solutions, ranks by prompt logprobs and continues with
             prefix caching; ``pip install .[vllm]``). ``vllm_gpu_memory_utilization``: vLLM's share
             of the GPU.
-        batch_size: Fast engine: branches decoded together (memory grows with it, speed too, to a point).
-        eager_alternatives: Fast engine: decode every rank's alternative at once rather than rank r+1
-            only where rank r failed (fewer sequential decodes; the same annotations).
-        draft_tokens: Fast engine: draft tokens per step for exact speculative decoding (0: off). Pays
-            off where a forward costs the same for 1 or 9 tokens per row (GPUs); on CPU it is slower.
+        batch_size: Fast engine: branches decoded together, from as many solutions as it takes to fill
+            the batch (continuous batching; memory grows with it, speed too, to a point). With the
+            vLLM backend: branches handed to vLLM at a time.
+        eager_alternatives: Fast engine: queue every rank's alternative at once rather than rank r+1
+            only where rank r failed (more branches decoded, the same annotations).
         num_shards: Workers the rows are split across (row ``i`` to shard ``i % num_shards``). None:
             ``$WORLD_SIZE`` if set, else 1.
         shard_index: This worker's shard. None: ``$RANK`` if set, else 0.
@@ -99,9 +99,8 @@ class AnnotateConfig:
     engine: str = "fast"
     backend: str = "hf"
     vllm_gpu_memory_utilization: float = 0.85
-    batch_size: int = 128
-    eager_alternatives: bool = True
-    draft_tokens: int = 0
+    batch_size: int = 256
+    eager_alternatives: bool = False
     num_shards: int | None = None
     shard_index: int | None = None
     seed: int = 0
@@ -125,11 +124,8 @@ class AnnotateConfig:
             raise ValueError(f"shard_index {self.shard_index} is not in [0, num_shards={self.num_shards})")
         if self.num_alternatives < 1:
             raise ValueError(f"num_alternatives must be at least 1; got {self.num_alternatives}")
-        if self.batch_size < 1 or self.draft_tokens < 0:
-            raise ValueError(
-                f"batch_size must be at least 1 and draft_tokens at least 0; got {self.batch_size}, "
-                f"{self.draft_tokens}"
-            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {self.batch_size}")
 
     @classmethod
     def from_dict(cls, values: dict) -> AnnotateConfig:
@@ -258,30 +254,30 @@ def _solution(config: AnnotateConfig, judge: Judge, row: dict) -> tuple[str | No
     return solution, None
 
 
-def annotate_row(config: AnnotateConfig, judge: Judge, engine, row: dict, index: int) -> dict:
-    """The output record of one dataset row: its annotation, or ``{"skipped": reason}``."""
-    from cft_rl.annotate_core import critical_spans, encode_example
+def prepare_row(config: AnnotateConfig, judge: Judge, row: dict, index: int) -> dict:
+    """``{"skipped": reason}`` (the row's output record), or ``{"solution": text}`` to annotate."""
+    from cft_rl.annotate_core import encode_example
 
-    base = {"index": index, "id": row["id"]}
-    tokenizer = judge.tokenizer
     solution, reason = _solution(config, judge, row)
     if reason is None:
         try:
-            _, completion_ids, _ = encode_example(tokenizer, row["prompt"], solution)
+            _, completion_ids, _ = encode_example(judge.tokenizer, row["prompt"], solution)
         except ValueError:  # offsets would point at the wrong characters: no usable annotation
             reason = "bad_tokenization"
         else:
             reason = "too_long" if len(completion_ids) - 1 > config.max_solution_tokens else None
     if reason is not None:
-        return {**base, "skipped": reason}
-    limits = {"num_alternatives": config.num_alternatives}
-    limits["max_continuation_tokens"] = config.max_continuation_tokens
-    if config.engine == "fast":
-        limits.update(batch_size=config.batch_size, eager_alternatives=config.eager_alternatives)
-        limits.update(draft_tokens=config.draft_tokens, backend=judge.backend)
-    anns = engine(judge.model, tokenizer, row["prompt"], solution, row["answer"], **limits)
+        return {"index": index, "id": row["id"], "skipped": reason}
+    return {"solution": solution}
+
+
+def annotated_record(row: dict, index: int, solution: str, anns) -> dict:
+    """The output record of an annotated row."""
+    from cft_rl.annotate_core import critical_spans
+
     return {
-        **base,
+        "index": index,
+        "id": row["id"],
         "prompt": row["prompt"],
         "question": row["question"],
         "answer": row["answer"],
@@ -296,6 +292,49 @@ def annotate_row(config: AnnotateConfig, judge: Judge, engine, row: dict, index:
         "num_tokens": len(anns),
         "num_critical": sum(a.critical for a in anns),
     }
+
+
+def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
+    """Yield the output record of every row in ``rows`` (index -> row), skipped or annotated, each as
+    soon as it is done: the fast engine finishes rows out of order, decoding many at once."""
+    from cft_rl.annotate_models import load_engine
+
+    solutions: dict[int, str] = {}
+
+    def annotatable():  # skipped rows are reported as they are met; the others go to the engine
+        for index, row in rows.items():
+            prepared = prepare_row(config, judge, row, index)
+            if "skipped" in prepared:
+                skipped.append(prepared)
+                continue
+            solutions[index] = prepared["solution"]
+            yield index, row["prompt"], prepared["solution"], row["answer"]
+
+    skipped: list[dict] = []
+    if config.engine == "fast":
+        from cft_rl.annotate_fast import annotate_many
+
+        limits = (config.num_alternatives, config.max_continuation_tokens, config.batch_size)
+        done = annotate_many(
+            judge.model, judge.tokenizer, annotatable(), *limits, judge.backend, config.eager_alternatives
+        )
+    else:
+        reference, limits = (
+            load_engine("reference"),
+            (config.num_alternatives, config.max_continuation_tokens),
+        )
+        done = (
+            (i, reference(judge.model, judge.tokenizer, p, s, g, *limits)) for i, p, s, g in annotatable()
+        )
+    for index, anns in done:
+        yield from _drain(skipped)
+        yield annotated_record(rows[index], index, solutions.pop(index), anns)
+    yield from _drain(skipped)
+
+
+def _drain(records: list[dict]):
+    while records:
+        yield records.pop(0)
 
 
 # --- the job ---------------------------------------------------------------------------------------
@@ -316,14 +355,16 @@ def run_shard(config: AnnotateConfig) -> Path:
     rows, unreadable = _load_rows(config)
     finished = {r["index"] for r in records}
     todo = [i for i in range(config.shard_index, len(rows), config.num_shards) if i not in finished]
-    from cft_rl.annotate_models import load_engine, load_judge
+    from cft_rl.annotate_models import load_judge
 
     judge = load_judge(config) if todo else None
-    engine = load_engine(config.engine) if todo else None
     torch.manual_seed(config.seed)
     with cpu_float_math(), path.open("a", encoding="utf-8") as handle:
-        for i in tqdm(todo, desc=f"annotate shard {config.shard_index}/{config.num_shards}"):
-            _append(handle, annotate_row(config, judge, engine, rows[i], i))
+        progress = tqdm(total=len(todo), desc=f"annotate shard {config.shard_index}/{config.num_shards}")
+        for record in annotate_rows(config, judge, {i: rows[i] for i in todo}):
+            _append(handle, record)  # on disk the moment it is finished: a kill loses only rows in flight
+            progress.update()
+        progress.close()
         _append(handle, {"done": True, "total_rows": len(rows), "unreadable": unreadable})
     return path
 

@@ -1,32 +1,37 @@
 """Fast critical-token annotation: the same verdicts as :func:`cft_rl.annotate_core.annotate_reference`.
 
 The reference decodes one perturbed continuation at a time with ``model.generate``; on a small model
-that cost is almost all per-call overhead (one Python-level forward per generated token per branch).
-This engine keeps the reference's definition and verdicts but changes how the work is done:
+that cost is almost all per-forward overhead. This engine keeps the reference's definition and
+verdicts but changes how the work is done:
 
-1. **One ranking forward** over prompt + completion gives every position's distribution *and* the keys
-   and values of every prefix ``prompt + y_<t`` (a causal model's cache for a prefix is a slice of it).
-2. **All branches of a solution decode as one batch** that reads that cache in place
-   (:mod:`cft_rl.branch_decoding`: cascade attention, no per-row copy of the shared prefix); only the
-   alternative token and what follows it are fed, at their true position ids.
-3. **Alternatives**: by default every rank's alternative decodes in the first batch
-   (``eager_alternatives``); otherwise rank r+1 only where rank r failed, in rounds. Either way the
-   verdicts kept are the reference's: rank order, stopping at the first correct alternative.
-4. **Finished rows leave the batch** (in groups, to keep copies rare).
-5. **Batched verification**: all continuations of a round go to ``check_batch`` together.
-6. Optional **exact speculative decoding** (``draft_tokens``): drafts are looked up in the original
-   sequence (a perturbed continuation often re-joins it) and verified in the same forward.
+1. **One ranking forward** per solution over prompt + completion gives every position's
+   distribution *and* the keys and values of every prefix ``prompt + y_<t`` (a causal model's cache
+   for a prefix is a slice of it).
+2. **Branches of many solutions decode together**, continuously batched
+   (:class:`cft_rl.branch_decoding.BranchPool`): a row whose continuation ends (eos, or the budget)
+   takes the next queued branch at once, and new solutions are ranked and queued as the queue runs
+   low, so the batch stays full instead of draining solution by solution. Branches read their
+   solution's cache in place (cascade attention, no per-row copy of the shared prefix).
+3. **Rank r+1 only where rank r failed**, as the reference's early stop: the follow-up branch is
+   queued the moment its predecessor's verdict is in, so this costs no extra round.
+   ``eager_alternatives`` queues every rank at once instead (more branches, same annotations).
+4. **Verification** of all branches ended in a step in one ``check_batch``, memoised on the
+   extracted answer (a verdict depends only on it and the gold answer).
 
 Continuations run to eos or the token budget exactly as in the reference (no early stop at the first
 ``\\boxed{}``: a later box would change :func:`cft_rl.answers.extract_answer`). Exactness caveat:
 batched and unbatched float32 arithmetic can differ in the last bits, so a greedy argmax on a near-tie
 could in principle flip; the tests compare full annotation lists against the reference.
 
-The model-facing work sits behind a two-method backend (:class:`HFBackend`: ``rank`` and
-``continue_greedy``) so that a serving engine (vLLM, with its own prefix caching) can stand in.
+The model-facing work sits behind a small backend interface (``add``, ``submit``, ``step``,
+``release``, ``wants_more``, ``idle``): :class:`HFBackend` on transformers, :class:`VLLMBackend` on
+vLLM, whose own scheduler and prefix caching do the batching there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,153 +42,28 @@ from cft_rl.annotate_core import (
     make_annotation,
     top_tokens,
 )
-from cft_rl.branch_decoding import Branches
+from cft_rl.answers import extract_answer
+from cft_rl.branch_decoding import BranchPool
 from cft_rl.rewards import Verdict, check_batch
 
 
-class HFBackend:
-    """Greedy decoding on a Hugging Face causal LM, batched, reusing the ranking forward's KV cache.
+class HFBackend(BranchPool):
+    """:class:`BranchPool` on a Hugging Face causal LM, with ranking: branches of ``batch_size`` rows."""
 
-    ``continue_greedy`` requires every prefix without its last token to be a prefix of the sequence
-    last passed to ``rank``: that is what makes the cache slices valid, and it is what annotation does.
-    ``draft_tokens`` > 0 turns on exact greedy speculative decoding with drafts looked up in the ranked
-    sequence (see :class:`NgramDraft`); 0 decodes one token per forward.
-    """
-
-    def __init__(self, model, tokenizer, batch_size: int = 128, draft_tokens: int = 0):
+    def __init__(self, model, tokenizer, batch_size: int = 256):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if draft_tokens < 0:
-            raise ValueError(f"draft_tokens must be 0 (no drafting) or more, got {draft_tokens}")
-        self.model, self.batch_size, self.draft_tokens = model, batch_size, draft_tokens
-        self.eos = tokenizer.eos_token_id
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._ids: list[int] = []
-        self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._drafts = NgramDraft([])
+        super().__init__(model, tokenizer.eos_token_id, batch_size)
 
-    @torch.no_grad()
-    def rank(self, ids: list[int], top: int) -> list[list[int]]:
-        """Row ``j``: the ``top`` likeliest tokens after ``ids[: j + 1]``, best first (ties: lower id).
+    def add(self, ids: list[int], top: int) -> tuple[int, list[list[int]]]:
+        """``(handle, ranked)``: row ``j`` of ranked holds the ``top`` likeliest tokens after ``ids[: j + 1]``,
+        best first (ties: lower id). Branches of ``ids`` may then be submitted under ``handle``."""
+        handle, logits = self.add_sequence(ids)
+        return handle, top_tokens(logits, top)
 
-        Keeps the forward's cache for ``continue_greedy``.
-        """
-        self.model.eval()
-        out = self.model(input_ids=torch.tensor([ids], device=self.model.device), use_cache=True)
-        self._ids = list(ids)
-        self._kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        self._drafts = NgramDraft(self._ids)
-        return top_tokens(out.logits[0], top)
-
-    @torch.no_grad()
-    def continue_greedy(self, prefixes: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """The greedy tokens after each prefix (eos included when reached), as ``greedy_completion``."""
-        results: list[list[int]] = [[] for _ in prefixes]
-        # A prefix that already ends in eos, or a zero budget, has nothing to continue (as the reference).
-        live = [i for i, p in enumerate(prefixes) if p[-1] != self.eos and max_new_tokens > 0]
-        for start in range(0, len(live), self.batch_size):
-            chunk = live[start : start + self.batch_size]
-            for i, tokens in zip(
-                chunk, self._decode([prefixes[i] for i in chunk], max_new_tokens), strict=True
-            ):
-                results[i] = tokens
-        return results
-
-    def _check_prefixes(self, prefixes: list[list[int]]) -> None:
-        for p in prefixes:
-            n = len(p) - 1
-            if n < 1 or n > len(self._ids) or p[:n] != self._ids[:n]:
-                raise ValueError("continue_greedy needs prefixes that extend a prefix of the ranked sequence")
-
-    def _decode(self, prefixes: list[list[int]], budget: int) -> list[list[int]]:
-        """Batched greedy (speculative, with drafts) decoding of one chunk of prefixes.
-
-        Each step feeds every row its pending token (the last one accepted, not yet attended to) plus
-        a draft of up to ``draft_tokens`` guesses, in one forward. The row keeps the longest run of
-        draft tokens that equal the model's own argmax after the tokens before them, plus the argmax
-        after that run: exactly the tokens one-at-a-time greedy decoding gives, several per forward
-        whenever the perturbed continuation re-joins text already seen. Rejected slots are masked.
-        """
-        self._check_prefixes(prefixes)
-        device = self.model.device
-        branches = Branches(self._kv, [len(p) - 1 for p in prefixes])
-        rows = list(range(len(prefixes)))  # batch row -> prefix index
-        contexts = [list(p) for p in prefixes]
-        out: list[list[int]] = [[] for _ in prefixes]
-        finished = [False] * len(prefixes)
-        while rows:
-            drafts = [
-                []
-                if finished[r]
-                else self._drafts.lookup(contexts[r], min(self.draft_tokens, budget - len(out[r]) - 1))
-                for r in rows
-            ]
-            width = 1 + max(len(d) for d in drafts)
-            fed = [[contexts[r][-1], *d] for r, d in zip(rows, drafts, strict=True)]
-            tokens = torch.tensor([f + [self.pad] * (width - len(f)) for f in fed], device=device)
-            valid = (
-                torch.arange(width, device=device)[None, :]
-                < torch.tensor([len(f) for f in fed], device=device)[:, None]
-            )
-            # Same rule as generate's greedy search: float32 scores, argmax (first index on ties).
-            argmax = branches.step(self.model, tokens, valid).float().argmax(dim=-1).tolist()
-            kept = []
-            for r, draft, guess in zip(rows, drafts, argmax, strict=True):
-                n_ok = _accepted(draft, guess)
-                kept.append(1 + n_ok)
-                if finished[r]:
-                    continue
-                new = _until_eos(draft[:n_ok] + [guess[n_ok]], self.eos)[: budget - len(out[r])]
-                out[r] += new
-                contexts[r] += new
-                finished[r] = new[-1] == self.eos or len(out[r]) >= budget
-            branches.advance(kept)
-            # Finished rows ride along (outputs ignored) until a quarter of the batch is done: dropping
-            # rows copies the own buffers, which costs more than a few wasted rows of compute.
-            keep = [b for b, r in enumerate(rows) if not finished[r]]
-            if 4 * (len(rows) - len(keep)) >= len(rows):
-                if keep:
-                    branches.select(keep)
-                rows = [rows[b] for b in keep]
-        return out
-
-
-def _accepted(draft: list[int], argmax: list[int]) -> int:
-    """How many leading draft tokens greedy decoding would itself have produced."""
-    n = 0
-    while n < len(draft) and draft[n] == argmax[n]:
-        n += 1
-    return n
-
-
-def _until_eos(tokens: list[int], eos: int) -> list[int]:
-    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
-
-
-class NgramDraft:
-    """Draft tokens for speculative decoding, looked up in one reference sequence (prompt lookup).
-
-    A perturbed continuation often re-joins the original solution a few tokens later ("... = 9. Add
-    3: ..." after "... = 8. Add 3: ..."): the last ``n`` tokens of the context then occur in the
-    original, and the original's next tokens are a good guess. The longest matching n-gram (n <= 3)
-    wins; its latest occurrence is used. A wrong guess costs compute, never correctness.
-    """
-
-    def __init__(self, source: list[int], max_n: int = 3):
-        self.source, self.max_n = source, max_n
-        self._next: list[dict[tuple[int, ...], int]] = [{} for _ in range(max_n + 1)]
-        for n in range(1, max_n + 1):
-            for end in range(n, len(source)):  # later occurrences overwrite earlier ones
-                self._next[n][tuple(source[end - n : end])] = end
-
-    def lookup(self, context: list[int], max_tokens: int) -> list[int]:
-        if max_tokens <= 0:
-            return []
-        for n in range(min(self.max_n, len(context)), 0, -1):
-            end = self._next[n].get(tuple(context[-n:]))
-            if end is not None:
-                return self.source[end : end + max_tokens]
-        return []
+    def wants_more(self) -> bool:
+        """Whether to add another sequence: a batch's worth of queued branches keeps every row busy."""
+        return len(self.queue) < self.capacity
 
 
 def _by_rank(entry: dict, top: int) -> list[int]:
@@ -192,16 +72,21 @@ def _by_rank(entry: dict, top: int) -> list[int]:
 
 
 class VLLMBackend:
-    """The same two methods on vLLM (imported lazily: it is an optional, GPU-side dependency).
+    """The backend interface on vLLM (imported lazily: it is an optional, GPU-side dependency).
 
-    vLLM's automatic prefix caching plays the role of the HF backend's cache slicing.
+    ``step`` hands everything queued to vLLM at once: its scheduler batches continuously and its
+    automatic prefix caching plays the role of the HF backend's shared cache.
     """
 
-    def __init__(self, llm, tokenizer):
-        self.llm, self.eos = llm, tokenizer.eos_token_id
+    def __init__(self, llm, tokenizer, batch_size: int = 4096):
+        self.llm, self.eos, self.capacity = llm, tokenizer.eos_token_id, batch_size
+        self.queue: list[tuple] = []
+        self._ended: list[tuple[object, list[int]]] = []
+        self._sequences: dict[int, list[int]] = {}
+        self._next_handle = 0
 
-    def rank(self, ids: list[int], top: int) -> list[list[int]]:
-        """As :meth:`HFBackend.rank`, from vLLM's prompt logprobs (one prefill, prefix-cached after)."""
+    def add(self, ids: list[int], top: int) -> tuple[int, list[list[int]]]:
+        """As :meth:`HFBackend.add`, from vLLM's prompt logprobs (one prefill, prefix-cached after)."""
         from vllm import SamplingParams, TokensPrompt
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top, logprobs=top)
@@ -212,21 +97,144 @@ class VLLMBackend:
         rows = [_by_rank(entry, top) for entry in result.prompt_logprobs[1:]]
         last = result.outputs[0].logprobs
         rows.append(_by_rank(last[0], top) if last else [])
-        return rows
+        handle, self._next_handle = self._next_handle, self._next_handle + 1
+        self._sequences[handle] = list(ids)
+        return handle, rows
 
-    def continue_greedy(self, prefixes: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def submit(self, key, handle: int, prefix_len: int, token: int, budget: int) -> None:
+        if token == self.eos or budget <= 0:
+            self._ended.append((key, []))
+        else:
+            self.queue.append((key, self._sequences[handle][:prefix_len] + [token], budget))
+
+    def wants_more(self) -> bool:
+        return len(self.queue) < self.capacity
+
+    @property
+    def idle(self) -> bool:
+        return not (self.queue or self._ended)
+
+    def step(self) -> list[tuple[object, list[int]]]:
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=[self.eos])
-        live = [i for i, p in enumerate(prefixes) if p[-1] != self.eos and max_new_tokens > 0]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prefixes[i]) for i in live], params)
-        results: list[list[int]] = [[] for _ in prefixes]
-        for i, o in zip(live, outputs, strict=True):
-            results[i] = list(o.outputs[0].token_ids)
-        return results
+        ended, self._ended, queued, self.queue = self._ended, [], self.queue, []
+        for budget in sorted({b for _, _, b in queued}):
+            batch = [(key, prefix) for key, prefix, b in queued if b == budget]
+            params = SamplingParams(temperature=0.0, max_tokens=budget, stop_token_ids=[self.eos])
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for _, p in batch], params)
+            ended += [(key, list(o.outputs[0].token_ids)) for (key, _), o in zip(batch, outputs, strict=True)]
+        return ended
+
+    def release(self, handle: int) -> None:
+        del self._sequences[handle]
+
+
+@dataclass
+class _Solution:
+    """One solution under annotation: its tokens, each position's alternatives, the verdicts so far."""
+
+    key: object
+    handle: int
+    gold: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    offsets: list
+    alternatives: list[list[int]]
+    verdicts: dict[tuple[int, int], Verdict] = field(default_factory=dict)
+    pending: int = 0  # branches submitted, verdict not in yet
 
 
 @torch.no_grad()
+def annotate_many(
+    model,
+    tokenizer,
+    examples: Iterable[tuple[object, list, str, str]],
+    num_alternatives: int = 2,
+    max_continuation_tokens: int = 512,
+    batch_size: int = 256,
+    backend=None,
+    eager_alternatives: bool = False,
+) -> Iterator[tuple[object, list[TokenAnnotation]]]:
+    """:func:`annotate_reference`'s annotations of many solutions, decoded together.
+
+    ``examples`` yields ``(key, prompt_messages, solution, gold)`` and is read lazily, a solution at a
+    time as the decode queue runs low. Yields ``(key, annotations)`` as each solution is finished,
+    which is not necessarily the input order.
+    """
+    backend = backend or HFBackend(model, tokenizer, batch_size)
+    examples, exhausted = iter(examples), False
+    open_: dict[object, _Solution] = {}
+    memo: dict[tuple[str | None, str], Verdict] = {}
+    while True:
+        while not exhausted and backend.wants_more():
+            example = next(examples, None)
+            if example is None:
+                exhausted = True
+                break
+            if example[0] in open_:
+                raise ValueError(f"two examples share the key {example[0]!r}; keys must be unique")
+            solution = _open(backend, tokenizer, example, num_alternatives)
+            open_[solution.key] = solution
+            for t, alternatives in enumerate(solution.alternatives):
+                for rank in range(len(alternatives) if eager_alternatives else min(1, len(alternatives))):
+                    _submit(backend, solution, t, rank, max_continuation_tokens)
+        if backend.idle:
+            break
+        ended = backend.step()
+        solutions = [open_[key] for (key, _, _), _ in ended]
+        texts = [
+            tokenizer.decode(s.completion_ids[:t] + [s.alternatives[t][r]] + tail, skip_special_tokens=True)
+            for s, ((_, t, r), tail) in zip(solutions, ended, strict=True)
+        ]
+        verdicts = _verify(texts, [s.gold for s in solutions], memo)
+        for s, ((_, t, r), _), verdict in zip(solutions, ended, verdicts, strict=True):
+            s.verdicts[t, r] = verdict
+            s.pending -= 1
+            # The reference's early stop: the next alternative only where this one was not correct.
+            if not eager_alternatives and verdict.score != 1.0 and r + 1 < len(s.alternatives[t]):
+                _submit(backend, s, t, r + 1, max_continuation_tokens)
+        for s in {id(s): s for s in solutions}.values():
+            if s.pending == 0:
+                backend.release(s.handle)
+                del open_[s.key]
+                yield s.key, _annotations(tokenizer, s)
+    if open_:  # a backend that went idle with branches outstanding lost them
+        raise RuntimeError(f"{len(open_)} solution(s) left unfinished by the decoding backend")
+
+
+def _open(backend, tokenizer, example, num_alternatives: int) -> _Solution:
+    key, prompt_messages, solution, gold = example
+    prompt_ids, completion_ids, offsets = encode_example(tokenizer, prompt_messages, solution)
+    handle, ranked = backend.add(prompt_ids + completion_ids, num_alternatives + 1)
+    n_prompt = len(prompt_ids)
+    alternatives = [
+        alternatives_from(ranked[n_prompt + t - 1], tok, num_alternatives)
+        for t, tok in enumerate(completion_ids)
+    ]
+    return _Solution(key, handle, gold, prompt_ids, completion_ids, offsets, alternatives)
+
+
+def _submit(backend, solution: _Solution, t: int, rank: int, budget: int) -> None:
+    # Branch: prompt + y_<t (the first n_prompt + t tokens of the ranked sequence) + the alternative.
+    prefix_len = len(solution.prompt_ids) + t
+    backend.submit(
+        (solution.key, t, rank), solution.handle, prefix_len, solution.alternatives[t][rank], budget
+    )
+    solution.pending += 1
+
+
+def _verify(texts: list[str], golds: list[str], memo: dict) -> list[Verdict]:
+    """``check_batch`` of the texts, once per distinct (final answer, gold): the verdict depends on
+    nothing else, and many continuations state the same wrong answer."""
+    keys = [(extract_answer(text), gold) for text, gold in zip(texts, golds, strict=True)]
+    todo = {k: (text, k[1]) for k, text in zip(keys, texts, strict=True) if k not in memo}
+    if todo:
+        memo.update(
+            zip(todo, check_batch([t for t, _ in todo.values()], [g for _, g in todo.values()]), strict=True)
+        )
+    return [memo[k] for k in keys]
+
+
 def annotate_fast(
     model,
     tokenizer,
@@ -235,45 +243,30 @@ def annotate_fast(
     gold: str,
     num_alternatives: int = 2,
     max_continuation_tokens: int = 512,
-    batch_size: int = 128,
+    batch_size: int = 256,
     backend=None,
-    draft_tokens: int = 0,
-    eager_alternatives: bool = True,
+    eager_alternatives: bool = False,
 ) -> list[TokenAnnotation]:
-    """:func:`annotate_reference`'s annotations, computed in batched rounds (see the module doc).
+    """:func:`annotate_reference`'s annotations of one solution (see :func:`annotate_many`, which
+    annotates many solutions faster by decoding their branches together)."""
+    example = (0, prompt_messages, solution, gold)
+    [(_, annotations)] = annotate_many(
+        model,
+        tokenizer,
+        [example],
+        num_alternatives,
+        max_continuation_tokens,
+        batch_size,
+        backend,
+        eager_alternatives,
+    )
+    return annotations
 
-    ``eager_alternatives`` decodes every rank's alternative in the first round, instead of rank r+1
-    only where rank r failed: more branches, fewer sequential decodes. The verdicts kept, hence the
-    annotations, are the same either way.
-    """
-    backend = backend or HFBackend(model, tokenizer, batch_size, draft_tokens)
-    prompt_ids, completion_ids, offsets = encode_example(tokenizer, prompt_messages, solution)
-    n_prompt = len(prompt_ids)
-    ranked = backend.rank(prompt_ids + completion_ids, num_alternatives + 1)
-    alternatives = [
-        alternatives_from(ranked[n_prompt + t - 1], tok, num_alternatives)
-        for t, tok in enumerate(completion_ids)
-    ]
-    verdicts: dict[tuple[int, int], Verdict] = {}
-    undecided = list(range(len(completion_ids)))
-    for rank in range(num_alternatives):
-        todo = [t for t in undecided if rank < len(alternatives[t])]
-        if not todo:
-            break
-        if eager_alternatives and rank == 0:
-            pairs = [(t, r) for t in todo for r in range(len(alternatives[t]))]
-        else:
-            pairs = [(t, rank) for t in todo if (t, rank) not in verdicts]
-        heads = [completion_ids[:t] + [alternatives[t][r]] for t, r in pairs]
-        tails = backend.continue_greedy([prompt_ids + h for h in heads], max_continuation_tokens)
-        # Decoded as the reference (and TRL) decodes: completion part only, special tokens dropped.
-        texts = [tokenizer.decode(h + c, skip_special_tokens=True) for h, c in zip(heads, tails, strict=True)]
-        verdicts.update(zip(pairs, check_batch(texts, [gold] * len(texts)), strict=True))
-        # Early stop as in the reference: a correct alternative settles the position.
-        undecided = [t for t in todo if verdicts[t, rank].score != 1.0]
+
+def _annotations(tokenizer, s: _Solution) -> list[TokenAnnotation]:
     return [
-        _annotation(tokenizer, t, tok, offsets[t], alternatives[t], verdicts)
-        for t, tok in enumerate(completion_ids)
+        _annotation(tokenizer, t, tok, s.offsets[t], s.alternatives[t], s.verdicts)
+        for t, tok in enumerate(s.completion_ids)
     ]
 
 

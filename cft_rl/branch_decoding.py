@@ -1,153 +1,303 @@
-"""Greedy decoding of many branches off one shared sequence, without copying its KV cache.
+"""Greedy decoding of many branches off many shared sequences, continuously batched.
 
-Annotation decodes, for every position t of a solution, a branch ``prompt + y_<t + a``. Every branch's
+Annotation decodes, for every position t of a solution, a branch ``prompt + y_<t + a``: every branch's
 context is a prefix of one sequence (``prompt + y``) whose keys and values one forward already
-computed. A plain batched decode would copy that prefix into every row of a cache (B rows x L slots per
-layer) and re-read all of it, once per step, which is where a batched CPU decode spends its time.
+computed. Two costs decide the speed of a CPU decode of a small model:
 
-Here the prefix is stored once. Each attention layer scores a step's queries against
+- **a fixed cost per forward** (~3 ms for the 2-layer toy model, whatever the batch) that only more
+  rows per forward amortise. One solution alone cannot fill a batch for long: its branches end at
+  different lengths. So the :class:`BranchPool` takes branches of *many* sequences and refills a
+  row as soon as its branch ends (continuous batching);
+- **attention over the shared prefix.** Copying the prefix into every row's cache and re-reading it
+  each step is what a plain batched decode pays. Here each sequence's keys and values are stored
+  once; the rows of one sequence are grouped, and a group scores its queries against its sequence in
+  one matrix product (cascade attention). Each row also has *own* keys, the tokens it has been fed,
+  and one softmax runs over both parts.
 
-- the **shared** keys ``[kv_heads, L, head_dim]``, masked per row to its prefix length: with the batch
-  folded into the matrix rows this is one ``bmm`` per step, whatever the batch size; and
-- the row's **own** keys: the tokens this branch has fed so far, kept in small growable buffers;
-
-and takes one softmax over both (cascade attention). It plugs into any Hugging Face decoder that
-dispatches through ``AttentionInterface`` (Llama, Qwen2/3, Mistral, ...), as the attention
-implementation ``"cft_rl_branches"`` for the duration of a decode; the model's own code does all the
-rest (embeddings, RoPE at the given ``position_ids``, MLPs, the head).
-
-A step may feed several tokens per row (the pending token plus draft guesses); unused slots are masked.
+It plugs into any Hugging Face decoder that dispatches through ``AttentionInterface`` (Llama,
+Qwen2/3, Mistral, ...), as the attention implementation ``"cft_rl_branches"`` for the duration of a
+step; the model's own code does all the rest (embeddings, RoPE at the given ``position_ids``, MLPs,
+the head). Greedy choices follow ``generate``: float32 logits, argmax, the first index on ties.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 
 import torch
 from transformers import AttentionInterface
 
 ATTENTION_NAME = "cft_rl_branches"
-# Own-buffer slots added at a time: growing token by token would re-copy the buffers at every step.
-_GROW = 64
+_GROW = 64  # own-key slots (and shared-sequence length) added at a time: no copy at every step
+# Rows of one sequence are scored in groups of at most this many, so that one sequence with many
+# live branches does not pad every other sequence's group to its size.
+_GROUP_ROWS = 32
 
 
-class Branches:
-    """The attention state of a batch of branches decoded from one shared sequence.
+class BranchPool:
+    """Branches ``sequence[:prefix_len] + [token]`` of registered sequences, greedily continued.
 
-    ``shared_kv``: per layer, the ``(keys, values)`` of the shared sequence, ``[1, kv_heads, L, dim]``
-    (what a forward with ``use_cache=True`` returns). ``lengths[b]``: how many shared tokens row ``b``
-    sees; its first fed token sits at position ``lengths[b]``.
+    ``add_sequence`` runs one forward over a sequence, keeps its keys and values and returns its
+    logits; ``submit`` queues a branch; ``step`` feeds every live row one token and returns the
+    branches that ended (eos generated, or their token budget spent); ``release`` frees a sequence
+    once no branch of it is queued or live. Up to ``capacity`` rows decode at once.
     """
 
-    def __init__(self, shared_kv, lengths: list[int]):
-        self.shared = [(k[0], v[0]) for k, v in shared_kv]
-        keys = self.shared[0][0]
-        device, n_layers = keys.device, len(self.shared)
-        self.positions = torch.tensor(lengths, device=device)
-        self.prefix_ok = torch.arange(keys.shape[1], device=device)[None, :] < self.positions[:, None]
-        self.own: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
-        self.own_ok = torch.zeros(len(lengths), 0, dtype=torch.bool, device=device)
-        self.n_own = 0  # own slots filled (the same for every row; unused ones are masked)
-        self._step_ok: torch.Tensor | None = None
-        self._own_bias: torch.Tensor | None = None
-        self._prefix_bias = _bias(self.prefix_ok)[None, :, None, :]  # [1, B, 1, L]
+    def __init__(self, model, eos: int, capacity: int = 256):
+        if capacity < 1:
+            raise ValueError(f"capacity (the batch size) must be at least 1, got {capacity}")
+        self.model, self.eos, self.capacity = model, eos, capacity
+        self.device = model.device
+        self.queue: deque = deque()
+        self._ended: list[tuple[object, list[int]]] = []
+        # Shared sequences: per layer (keys, values) [slots, kv_heads, length, dim], padded.
+        self._shared: list[list[torch.Tensor]] | None = None
+        self._seq_len: dict[int, int] = {}  # slot -> length
+        self._free_slots: list[int] = []
+        # Rows: per layer own (keys, values) [rows, kv_heads, slots, dim]; per row, its branch's key
+        # (None: a free row) and, as tensors so that a step needs no Python loop over rows: its
+        # sequence slot, prefix length, next token to feed, budget, tokens generated so far.
+        self._own: list[list[torch.Tensor]] = []
+        self._keys: list[object] = []
+        long = dict(dtype=torch.long, device=self.device)
+        self._r = {name: torch.zeros(0, **long) for name in ("slot", "prefix", "next", "budget", "len")}
+        self._r["live"] = torch.zeros(0, dtype=torch.bool, device=self.device)
+        self._r["tokens"] = torch.zeros(0, _GROW, **long)
+        self._layout = None
 
-    def step(self, model, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Feed ``tokens[b, :]`` (``valid`` marks the real ones) after each row's context; logits out."""
-        width = tokens.shape[1]
-        self._step_ok, self._own_bias = valid.bool(), None
-        with _attention_implementation(model, ATTENTION_NAME):
-            logits = model(
-                input_ids=tokens,
-                # True positions: RoPE must see each row's own length.
-                position_ids=self.positions[:, None] + torch.arange(width, device=tokens.device),
+    # --- sequences ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def add_sequence(self, ids: list[int]) -> tuple[int, torch.Tensor]:
+        """``(handle, logits [len(ids), vocab])``: one forward, whose cache the branches will read."""
+        self.model.eval()
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+        layers = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
+        slot = self._free_slots.pop() if self._free_slots else len(self._seq_len) + len(self._free_slots)
+        self._store(slot, layers)
+        self._seq_len[slot] = len(ids)
+        return slot, out.logits[0]
+
+    def release(self, handle: int) -> None:
+        if bool((self._r["live"] & (self._r["slot"] == handle)).any()) or any(
+            q[1] == handle for q in self.queue
+        ):
+            raise RuntimeError("release() of a sequence that still has queued or live branches")
+        del self._seq_len[handle]
+        self._free_slots.append(handle)
+
+    def _store(self, slot: int, layers) -> None:
+        length = layers[0][0].shape[1]
+        if self._shared is None:
+            self._shared = [
+                [k.new_zeros(1, k.shape[0], length + _GROW, k.shape[2]) for k in kv] for kv in layers
+            ]
+        slots, room = self._shared[0][0].shape[0], self._shared[0][0].shape[2]
+        if slot >= slots or length > room:  # grow: more slots or longer sequences
+            new_slots, new_room = (
+                max(slots, slot + 1, 2 * slots if slot >= slots else 0),
+                max(room, length + _GROW),
+            )
+            for kv in self._shared:
+                for i, old in enumerate(kv):
+                    kv[i] = old.new_zeros(new_slots, old.shape[1], new_room, old.shape[3])
+                    kv[i][:slots, :, :room] = old
+        for kv, new in zip(self._shared, layers, strict=True):
+            for buf, tensor in zip(kv, new, strict=True):
+                buf[slot, :, :length] = tensor
+
+    # --- branches -----------------------------------------------------------------------------
+
+    def submit(self, key, handle: int, prefix_len: int, token: int, budget: int) -> None:
+        """Queue the branch ``sequence[:prefix_len] + [token]``, to be continued by up to ``budget``
+        greedy tokens; a later ``step`` returns ``(key, tail)``, the tail ending in eos if reached."""
+        if not 1 <= prefix_len <= self._seq_len[handle]:
+            raise ValueError(f"prefix_len {prefix_len} is outside the sequence (1..{self._seq_len[handle]})")
+        if token == self.eos or budget <= 0:
+            self._ended.append((key, []))  # nothing to continue, as generate would do
+        else:
+            self.queue.append((key, handle, prefix_len, token, budget))
+
+    @property
+    def live(self) -> int:
+        return len(self._keys) - self._keys.count(None)
+
+    @property
+    def idle(self) -> bool:
+        return not (self.queue or self._ended or self.live)
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[object, list[int]]]:
+        """Admit queued branches into free rows, feed each live row one token; the branches that ended."""
+        ended, self._ended = self._ended, []
+        self._admit()
+        if not self.live:
+            return ended
+        r = self._r
+        self._layout = _Layout(self)
+        with _attention_implementation(self.model, ATTENTION_NAME):
+            logits = self.model(
+                input_ids=r["next"][:, None],
+                position_ids=(r["prefix"] + r["len"])[:, None],  # each row's true position, for RoPE
                 use_cache=False,
                 cft_rl_branches=self,
             ).logits
-        self.own_ok = torch.cat([self.own_ok, self._step_ok], dim=1)
-        self.n_own += width
-        return logits
+        greedy = logits[:, -1].float().argmax(dim=-1)
+        if int(r["len"].max()) >= r["tokens"].shape[1]:
+            r["tokens"] = torch.cat([r["tokens"], torch.zeros_like(r["tokens"][:, :_GROW])], dim=1)
+        r["tokens"][torch.arange(len(greedy), device=self.device), r["len"]] = greedy
+        r["len"] += r["live"]
+        r["next"] = greedy
+        done = (r["live"] & ((greedy == self.eos) | (r["len"] >= r["budget"]))).nonzero()[:, 0]
+        if len(done):
+            for b, tokens, n in zip(
+                done.tolist(), r["tokens"][done].tolist(), r["len"][done].tolist(), strict=True
+            ):
+                ended.append((self._keys[b], tokens[:n]))
+                self._keys[b] = None
+            r["live"][done] = False
+        self._shrink()
+        return ended
 
-    def advance(self, kept: list[int]) -> None:
-        """Row ``b`` keeps the first ``kept[b]`` tokens it was fed in the last step; the rest are masked."""
-        kept_t = torch.tensor(kept, device=self.positions.device)
-        width = self._step_ok.shape[1]
-        self.own_ok[:, self.n_own - width :] &= (
-            torch.arange(width, device=kept_t.device)[None, :] < kept_t[:, None]
-        )
-        self.positions += kept_t
+    def _admit(self) -> None:
+        wanted = min(len(self.queue), self.capacity - self.live)
+        if not wanted:
+            return
+        free = [b for b, key in enumerate(self._keys) if key is None]
+        if wanted > len(free):
+            self._resize(list(range(len(self._keys))), len(self._keys) + wanted - len(free))
+            free = [b for b, key in enumerate(self._keys) if key is None]
+        rows, items = free[:wanted], [self.queue.popleft() for _ in range(wanted)]
+        index = torch.tensor(rows, device=self.device)
+        for name, column in zip(
+            ("slot", "prefix", "next", "budget"), zip(*(i[1:] for i in items), strict=True), strict=True
+        ):
+            self._r[name][index] = torch.tensor(column, device=self.device)
+        self._r["len"][index] = 0
+        self._r["live"][index] = True
+        for b, item in zip(rows, items, strict=True):
+            self._keys[b] = item[0]
 
-    def select(self, rows: list[int]) -> None:
-        """Keep only these rows, in this order (finished branches leave the batch)."""
-        index = torch.tensor(rows, device=self.positions.device)
-        self.positions, self.prefix_ok, self.own_ok = (
-            self.positions[index],
-            self.prefix_ok[index],
-            self.own_ok[index],
-        )
-        self._prefix_bias = _bias(self.prefix_ok)[None, :, None, :]
-        self.own = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.own]
+    def _shrink(self) -> None:
+        """Drop free rows once they are most of the batch (compute runs on every row, free or not)."""
+        live = [b for b, key in enumerate(self._keys) if key is not None]
+        if len(self._keys) > 8 and 2 * len(live) < len(self._keys) and not self.queue:
+            self._resize(live, len(live))
+
+    def _resize(self, keep: list[int], n: int) -> None:
+        """Rows ``keep`` (in this order) first, then free rows up to ``n`` rows in all."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        extra = n - len(keep)
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[index], t.new_zeros(extra, *t.shape[1:])])
+
+        self._r = {name: take(t) for name, t in self._r.items()}
+        self._own = [[take(t) for t in kv] for kv in self._own]
+        self._keys = [self._keys[b] for b in keep] + [None] * extra
+
+    # --- attention ----------------------------------------------------------------------------
 
     def attend(self, layer: int, query, key, value, scaling: float) -> torch.Tensor:
-        """Attention output ``[B, W, heads, dim]`` for a step's queries; stores the step's keys/values."""
-        own_k, own_v = self._append(layer, key, value)
-        batch, heads, width, dim = query.shape
+        """Attention output ``[rows, 1, heads, dim]`` of a step's queries; stores the step's keys/values."""
+        lay = self._layout
+        own_k, own_v = self._append(layer, key[:, :, 0], value[:, :, 0])
+        rows, heads, _, dim = query.shape
         kv_heads = key.shape[1]
         groups = heads // kv_heads  # query head h reads kv head h // groups, as HF's repeat_kv
-        rows = groups * width
-        q = (query * scaling).reshape(batch, kv_heads, rows, dim)  # row index: g * width + w
-        shared_k, shared_v = self.shared[layer]
-        # Shared part, laid out [kv_heads, batch, rows, L]: the batch folds into one matmul per kv head.
-        folded = q.transpose(0, 1).reshape(kv_heads, batch * rows, dim)
-        s_shared = torch.bmm(folded, shared_k.transpose(1, 2)).view(kv_heads, batch, rows, -1).float()
-        s_shared += self._prefix_bias
-        s_own = torch.matmul(q, own_k.transpose(-1, -2)).float() + self._own_step_bias(groups, width)
-        s_own = s_own.transpose(0, 1)
+        q = (query[:, :, 0] * scaling).view(rows, kv_heads, groups, dim)
+        # Own part [rows, kv, groups, own slots]: the tokens each row was fed (this one included).
+        s_own = torch.matmul(q, own_k.transpose(-1, -2)).float() + lay.own_bias
+        # Shared part, in padded groups [G, kv, R, groups, L]: one product per (group, kv head).
+        n, r = lay.pad_index.shape
+        shared_k = self._shared[layer][0][lay.group_slot, :, : lay.length].reshape(n * kv_heads, -1, dim)
+        shared_v = self._shared[layer][1][lay.group_slot, :, : lay.length].reshape(n * kv_heads, -1, dim)
+        q_pad = _pad(q, lay.pad_index).permute(0, 2, 1, 3, 4).reshape(n * kv_heads, r * groups, dim)
+        s_shared = torch.bmm(q_pad, shared_k.transpose(1, 2)).float()
+        s_shared = s_shared.view(n, kv_heads, r, groups, -1) + lay.shared_bias
         # One softmax over both parts, without concatenating them (the shared part is the big one).
-        top = torch.maximum(s_shared.amax(-1, keepdim=True), s_own.amax(-1, keepdim=True))
-        e_shared, e_own = (s_shared - top).exp_(), (s_own - top).exp_()
-        total = e_shared.sum(-1, keepdim=True) + e_own.sum(-1, keepdim=True)
-        out = torch.bmm(e_shared.to(shared_v.dtype).view(kv_heads, batch * rows, -1), shared_v)
-        out = out.view(kv_heads, batch, rows, dim) + torch.matmul(
-            e_own.to(own_v.dtype).transpose(0, 1), own_v
-        ).transpose(0, 1)
-        out = (out / total).to(query.dtype)
-        return (
-            out.view(kv_heads, batch, groups, width, dim)
-            .permute(1, 3, 0, 2, 4)
-            .reshape(batch, width, heads, dim)
+        top = torch.maximum(_unpad(s_shared.amax(-1), lay, float("-inf")), s_own.amax(-1))
+        e_shared = _exp(s_shared - _pad(top, lay.pad_index).permute(0, 2, 1, 3)[..., None], lay.shared_ok)
+        e_own = _exp(s_own - top[..., None], lay.own_ok)
+        total = _unpad(e_shared.sum(-1), lay, 0.0) + e_own.sum(-1)
+        out = torch.bmm(e_shared.to(shared_v.dtype).view(n * kv_heads, r * groups, -1), shared_v)
+        out = _unpad(out.view(n, kv_heads, r, groups, dim), lay, 0.0) + torch.matmul(
+            e_own.to(own_v.dtype), own_v
         )
-
-    def _own_step_bias(self, groups: int, width: int) -> torch.Tensor:
-        """``[B, 1, groups * width, n_own + width]`` additive mask: real own slots, causal in the step."""
-        if self._own_bias is None:  # the same for every layer of a step
-            ok = torch.cat([self.own_ok, self._step_ok], dim=1)
-            slots = torch.arange(ok.shape[1], device=ok.device)
-            causal = slots[None, :] <= self.n_own + torch.arange(width, device=ok.device)[:, None]
-            mask = ok[:, None, :] & causal[None]  # [B, width, slots]
-            mask = (
-                mask[:, None, None]
-                .expand(-1, 1, groups, -1, -1)
-                .reshape(mask.shape[0], 1, groups * width, -1)
-            )
-            self._own_bias = _bias(mask)
-        return self._own_bias
+        return (out / total[..., None]).to(query.dtype).view(rows, 1, heads, dim)
 
     def _append(self, layer: int, key, value) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.n_own + key.shape[2]
-        current = self.own[layer]
-        if current is None or end > current[0].shape[2]:
-            room = end + _GROW
-            bufs = []
-            for old, new in zip(current or (None, None), (key, value), strict=True):
-                buf = new.new_zeros(new.shape[0], new.shape[1], room, new.shape[3])
-                if old is not None:
-                    buf[:, :, : self.n_own] = old[:, :, : self.n_own]
-                bufs.append(buf)
-            current = self.own[layer] = (bufs[0], bufs[1])
-        current[0][:, :, self.n_own : end] = key
-        current[1][:, :, self.n_own : end] = value
-        return current[0][:, :, :end], current[1][:, :, :end]
+        """Write each row's new key/value at its own length; the own parts up to the longest row."""
+        lay = self._layout
+        if len(self._own) <= layer:
+            self._own.append([t.new_zeros(t.shape[0], t.shape[1], _GROW, t.shape[2]) for t in (key, value)])
+        kv = self._own[layer]
+        if lay.own_width > kv[0].shape[2]:
+            kv[:] = [torch.cat([t, t.new_zeros(*t.shape[:2], _GROW, t.shape[3])], dim=2) for t in kv]
+        rows = torch.arange(key.shape[0], device=key.device)
+        kv[0][rows, :, lay.own_len] = key
+        kv[1][rows, :, lay.own_len] = value
+        return kv[0][:, :, : lay.own_width], kv[1][:, :, : lay.own_width]
+
+
+class _Layout:
+    """One step's index tensors, shared by every layer: live rows grouped by sequence, the masks.
+
+    Group ``g`` holds up to ``_GROUP_ROWS`` live rows of one sequence (``group_slot[g]``);
+    ``pad_index [G, R]`` lists them (``rows``: a padding row), ``row_where[b]`` is row ``b``'s
+    place in that flattened layout (``G * R``: in no group, a free row).
+    """
+
+    def __init__(self, pool: BranchPool):
+        r, n_rows = pool._r, len(pool._keys)
+        device = r["slot"].device
+        live = r["live"].nonzero()[:, 0]
+        slots, order = torch.sort(r["slot"][live], stable=True)
+        live = live[order]
+        first = torch.searchsorted(slots, slots)  # where each row's sequence starts in the sorted list
+        within = torch.arange(len(live), device=device) - first
+        groups, group_of = torch.unique_consecutive(
+            slots * n_rows + within // _GROUP_ROWS, return_inverse=True
+        )
+        col = within % _GROUP_ROWS
+        width = int(col.max()) + 1
+        self.group_slot = groups // n_rows
+        self.pad_index = torch.full((len(groups), width), n_rows, device=device)
+        self.pad_index[group_of, col] = live
+        self.row_where = torch.full((n_rows,), len(groups) * width, device=device)
+        self.row_where[live] = group_of * width + col
+        prefix = torch.zeros(len(groups), width, dtype=torch.long, device=device)
+        prefix[group_of, col] = r["prefix"][live]
+        self.length = int(prefix.max())
+        self.shared_ok = (torch.arange(self.length, device=device) < prefix[..., None])[:, None, :, None, :]
+        self.shared_bias = _bias(self.shared_ok)  # [G, 1, R, 1, L]
+        self.own_len = r["len"]
+        self.own_width = int(self.own_len.max()) + 1
+        self.own_ok = (torch.arange(self.own_width, device=device) <= self.own_len[:, None])[:, None, None, :]
+        self.own_bias = _bias(self.own_ok)  # [rows, 1, 1, own]
+
+
+def _exp(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """``exp(x)`` where ``ok``, exactly 0 elsewhere (``x`` there is -inf).
+
+    x86 CPUs take a slow path (~40x) for exp of -inf or of anything whose result would be denormal
+    (below -87). So arguments are clamped to -80 and the masked entries zeroed after: a visible entry
+    80 below the row's maximum weighs exp(-80) = 2e-35 instead of less, below float32 resolution of a
+    sum that contains the maximum's exp(0) = 1.
+    """
+    return x.clamp_min_(-80.0).exp_().mul_(ok)
+
+
+def _pad(x: torch.Tensor, pad_index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` laid out as ``[groups, R, ...]`` (padding rows read zeros)."""
+    return torch.cat([x, x.new_zeros(1, *x.shape[1:])])[pad_index]
+
+
+def _unpad(x: torch.Tensor, lay: _Layout, fill: float) -> torch.Tensor:
+    """``x [groups, kv, R, ...]`` back to row order ``[rows, kv, ...]``; rows in no group get ``fill``."""
+    flat = x.transpose(1, 2).reshape(-1, *x.shape[1:2], *x.shape[3:])
+    return torch.cat([flat, flat.new_full((1, *flat.shape[1:]), fill)])[lay.row_where]
 
 
 def _bias(mask: torch.Tensor) -> torch.Tensor:
@@ -156,11 +306,11 @@ def _bias(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _branch_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    branches = kwargs.get("cft_rl_branches")
-    if branches is None:
-        raise RuntimeError(f"the {ATTENTION_NAME!r} attention only runs inside Branches.step")
+    pool = kwargs.get("cft_rl_branches")
+    if pool is None:
+        raise RuntimeError(f"the {ATTENTION_NAME!r} attention only runs inside BranchPool.step")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return branches.attend(module.layer_idx, query, key, value, scale), None
+    return pool.attend(module.layer_idx, query, key, value, scale), None
 
 
 AttentionInterface.register(ATTENTION_NAME, _branch_attention)

@@ -78,7 +78,6 @@ _ANNOTATE_FLAGS = [
     "max_solution_tokens",
     "max_new_tokens",
     "batch_size",
-    "draft_tokens",
     "eager_alternatives",
     "wait_for_shards",
 ]
@@ -162,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         if flag in _BOOL_FLAGS:  # --eager-alternatives / --no-eager-alternatives; unset: the default
             p.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
             continue
-        numeric = flag in ("limit", "num_shards", "shard_index", "batch_size", "draft_tokens")
+        numeric = flag in ("limit", "num_shards", "shard_index", "batch_size")
         numeric = numeric or flag.startswith(("num_", "max_"))
         p.add_argument(name, type=int if numeric else str, default=None)
     p.set_defaults(func=_cmd_annotate)

@@ -58,7 +58,6 @@ UNKEYED = {
     "resume_from_checkpoint",
     "batch_size",  # annotate/eval: prompts per forward pass, not results
     "eager_alternatives",
-    "draft_tokens",
     "wait_for_shards",
     "progress",
     "overwrite",

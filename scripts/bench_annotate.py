@@ -19,7 +19,7 @@ import time
 import torch
 
 from cft_rl.annotate_core import annotate_reference
-from cft_rl.annotate_fast import annotate_fast
+from cft_rl.annotate_fast import annotate_many
 from cft_rl.cpu import cpu_float_math
 from cft_rl.evaluation import generate
 from cft_rl.reports import markdown_table, write_section
@@ -46,19 +46,37 @@ def _solutions(model, tokenizer, data, args) -> list[dict]:
     return kept[: args.n]
 
 
-def _timed(fn, rows, model, tokenizer, args, **extra):
+def _timed_reference(rows, model, tokenizer, args):
     start = time.perf_counter()
     results = [
-        fn(model, tokenizer, r["prompt"], r["solution"], r["answer"], args.k, args.max_tokens, **extra)
+        annotate_reference(model, tokenizer, r["prompt"], r["solution"], r["answer"], args.k, args.max_tokens)
         for r in rows
     ]
     return results, time.perf_counter() - start
 
 
-def _compare(model, tokenizer, rows, args, fast) -> tuple[list[list[str]], int]:
+def _timed_fast(rows, model, tokenizer, args):
+    """The fast engine on all ``rows`` at once (it decodes branches of many solutions together)."""
+    start = time.perf_counter()
+    examples = [(i, r["prompt"], r["solution"], r["answer"]) for i, r in enumerate(rows)]
+    done = dict(
+        annotate_many(
+            model,
+            tokenizer,
+            examples,
+            args.k,
+            args.max_tokens,
+            args.batch_size,
+            eager_alternatives=args.eager,
+        )
+    )
+    return [done[i] for i in range(len(rows))], time.perf_counter() - start
+
+
+def _compare(model, tokenizer, rows, args) -> tuple[list[list[str]], int]:
     """Reference and fast engine on the same rows; table rows and the number of flags compared."""
-    ref, ref_s = _timed(annotate_reference, rows, model, tokenizer, args)
-    got, fast_s = _timed(annotate_fast, rows, model, tokenizer, args, **fast)
+    ref, ref_s = _timed_reference(rows, model, tokenizer, args)
+    got, fast_s = _timed_fast(rows, model, tokenizer, args)
     same = sum(a == b for a, b in zip(ref, got, strict=True))
     flags = [
         (x.critical, y.critical) for a, b in zip(ref, got, strict=True) for x, y in zip(a, b, strict=True)
@@ -80,19 +98,16 @@ def main() -> int:
     parser.add_argument("--ref-n", type=int, default=3, help="solutions also run through the reference")
     parser.add_argument("--k", type=int, default=2, help="alternatives per token")
     parser.add_argument("--max-tokens", type=int, default=512, help="continuation (and solution) budget")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", action="store_true", help="rank r+1 only where rank r failed")
-    parser.add_argument("--draft-tokens", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--eager", action="store_true", help="every rank's alternative at once")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     model, tokenizer, data = load_toy(args.model)
-    fast = {"batch_size": args.batch_size, "eager_alternatives": not args.rounds}
-    fast["draft_tokens"] = args.draft_tokens
     with cpu_float_math():
         rows = _solutions(model, tokenizer, data, args)
-        annotate_fast(model, tokenizer, *_first(rows[0]), args.k, args.max_tokens, **fast)  # warm-up
-        table, _ = _compare(model, tokenizer, rows[: args.ref_n], args, fast)
-        everything, all_s = _timed(annotate_fast, rows, model, tokenizer, args, **fast)
+        _timed_fast(rows[:2], model, tokenizer, args)  # warm-up (and the verifier's worker pool)
+        table, _ = _compare(model, tokenizer, rows[: args.ref_n], args)
+        everything, all_s = _timed_fast(rows, model, tokenizer, args)
     tokens = sum(len(a) for a in everything)
     critical = sum(x.critical for a in everything for x in a)
     table += [
@@ -107,7 +122,7 @@ def main() -> int:
     body = (
         f"Critical-token annotation on the toy base model, {args.source} solutions of the test split, "
         f"k={args.k}, budget {args.max_tokens} tokens; fast engine: batch {args.batch_size}, "
-        f"{'rounds' if args.rounds else 'eager alternatives'}, draft tokens {args.draft_tokens}; float32, "
+        f"{'eager alternatives' if args.eager else 'rank r+1 only where rank r failed'}; float32, "
         f"denormals flushed for both engines, {torch.get_num_threads()} torch threads.\n\n"
         + markdown_table(["measure", "value"], table)
     )
@@ -115,10 +130,6 @@ def main() -> int:
     if not args.no_write:
         write_section("annotate", body, "python " + " ".join(sys.argv))
     return 0
-
-
-def _first(row):
-    return row["prompt"], row["solution"], row["answer"]
 
 
 if __name__ == "__main__":

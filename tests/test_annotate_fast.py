@@ -3,7 +3,7 @@
 import pytest
 
 from cft_rl.annotate_core import annotate_reference
-from cft_rl.annotate_fast import HFBackend, annotate_fast
+from cft_rl.annotate_fast import HFBackend, annotate_fast, annotate_many
 from cft_rl.toy import load_toy
 
 
@@ -34,57 +34,91 @@ def test_engine_settings_do_not_change_results(toy):
     row = _short_rows(data, 1)[0]
     args = (model, tokenizer, row["prompt"], row["solution"], row["answer"], 2, 30)
     expected = annotate_fast(*args, batch_size=64)
-    assert annotate_fast(*args, batch_size=1, eager_alternatives=False) == expected
-    assert annotate_fast(*args, batch_size=7, draft_tokens=4) == expected
+    assert annotate_fast(*args, batch_size=1) == expected
+    assert annotate_fast(*args, batch_size=7, eager_alternatives=True) == expected
     # Eager decoding tries more branches but keeps only what the early stop would have tried.
     assert any(len(a.alternatives) == 1 for a in expected)
 
 
-@pytest.mark.parametrize("draft_tokens", [0, 3])
-def test_backend_continues_like_generate(toy, draft_tokens):
+def test_many_solutions_decoded_together_equal_each_alone(toy):
+    """Continuous batching mixes branches of several solutions in one batch; nothing may leak."""
+    model, tokenizer, data = toy
+    rows = _short_rows(data, 3)
+    alone = {
+        i: annotate_fast(model, tokenizer, r["prompt"], r["solution"], r["answer"], 2, 24, batch_size=32)
+        for i, r in enumerate(rows)
+    }
+    examples = [(f"row{i}", r["prompt"], r["solution"], r["answer"]) for i, r in enumerate(rows)]
+    together = dict(annotate_many(model, tokenizer, examples, 2, 24, batch_size=48))
+    assert together == {f"row{i}": anns for i, anns in alone.items()}
+    with pytest.raises(ValueError, match="share the key"):
+        list(annotate_many(model, tokenizer, examples[:1] * 2, 2, 24))
+
+
+def test_backend_continues_like_generate(toy):
+    """Branches of two sequences in one pool, more branches than rows (rows are refilled), mixed
+    budgets, an eos token (nothing to continue) and a zero budget: each tail is ``generate``'s."""
     from cft_rl.annotate_core import encode_example, greedy_completion
 
     model, tokenizer, data = toy
-    row = data["test"][0]
-    prompt_ids, completion_ids, _ = encode_example(tokenizer, row["prompt"], row["solution"])
-    backend = HFBackend(model, tokenizer, batch_size=4, draft_tokens=draft_tokens)
-    ranked = backend.rank(prompt_ids + completion_ids, 3)
-    assert len(ranked) == len(prompt_ids + completion_ids) and all(len(r) == 3 for r in ranked)
-    # Mixed lengths in one batch (the unperturbed one re-joins its draft), an eos-ended prefix
-    # (nothing to continue) and a zero budget.
-    prefixes = [prompt_ids + completion_ids[:t] + [completion_ids[t]] for t in (0, 3, 7)]
-    prefixes.append(prompt_ids + completion_ids[:5] + [completion_ids[9]])
-    prefixes.append(prompt_ids + [tokenizer.eos_token_id])
-    got = backend.continue_greedy(prefixes, 12)
-    for prefix, tail in zip(prefixes, got, strict=True):
-        assert prefix + tail == greedy_completion(model, tokenizer, prefix, 12)
-    assert backend.continue_greedy(prefixes[:1], 0) == [[]]
-    with pytest.raises(ValueError, match="ranked sequence"):
-        backend.continue_greedy([[tokenizer.eos_token_id + 1, 5, 6]], 3)
+    backend = HFBackend(model, tokenizer, batch_size=3)
+    branches = {}
+    for row in data["test"].select(range(2)):
+        prompt_ids, completion_ids, _ = encode_example(tokenizer, row["prompt"], row["solution"])
+        ids = prompt_ids + completion_ids
+        handle, ranked = backend.add(ids, 3)
+        assert len(ranked) == len(ids) and all(len(r) == 3 for r in ranked)
+        n = len(prompt_ids)
+        for t, token, budget in [
+            (0, ranked[n - 1][1], 12),
+            (3, completion_ids[3], 12),
+            (7, ranked[n + 6][2], 5),
+        ]:
+            branches[handle, t] = (ids[: n + t] + [token], budget)
+            backend.submit((handle, t), handle, n + t, token, budget)
+        branches[handle, "eos"] = (ids[:n] + [tokenizer.eos_token_id], 12)
+        backend.submit((handle, "eos"), handle, n, tokenizer.eos_token_id, 12)
+        branches[handle, "zero"] = (ids[: n + 2] + [5], 0)
+        backend.submit((handle, "zero"), handle, n + 2, 5, 0)
+    tails = {}
+    while not backend.idle:
+        tails.update(backend.step())
+    assert tails.keys() == branches.keys()
+    for key, (prefix, budget) in branches.items():
+        assert prefix + tails[key] == greedy_completion(model, tokenizer, prefix, budget), key
+    for handle in (0, 1):
+        backend.release(handle)
+    with pytest.raises(ValueError, match="outside the sequence"):
+        handle, _ = backend.add([5, 6, 7], 2)
+        backend.submit("x", handle, 4, 5, 3)
 
 
 def test_branch_attention_equals_a_plain_forward(toy):
-    """Logits of branches read off a shared cache equal the model's own forward on each full branch."""
+    """Logits of branches read off two shared sequences equal the model's own forward on each full
+    branch, step after step, with rows of different sequences and lengths in one batch."""
     import torch
 
-    from cft_rl.branch_decoding import Branches
-
-    model, _, _ = toy
-    shared = list(range(5, 45))
-    with torch.no_grad():
-        kv = model(input_ids=torch.tensor([shared]), use_cache=True).past_key_values
-        branches = Branches([(layer.keys, layer.values) for layer in kv.layers], [10, 25, 40])
-        fed = torch.tensor([[7, 8, 9], [11, 0, 0], [12, 13, 0]])
-        valid = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
-        got = branches.step(model, fed, valid)
-        branches.advance([3, 1, 2])
-        got_next = branches.step(model, torch.tensor([[50], [51], [52]]), torch.ones(3, 1, dtype=torch.bool))
-        for b, n in enumerate([10, 25, 40]):
-            real = fed[b][valid[b]].tolist()
-            full = torch.tensor([shared[:n] + real + [50 + b]])
-            expected = model(input_ids=full).logits[0]
-            torch.testing.assert_close(got[b, : len(real)], expected[n : n + len(real)], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(got_next[b, 0], expected[-1], atol=1e-5, rtol=1e-5)
+    model, tokenizer, _ = toy
+    pool = HFBackend(model, tokenizer, batch_size=8)
+    sequences = [list(range(5, 45)), list(range(60, 90))]
+    handles = [pool.add(ids, 2)[0] for ids in sequences]
+    plan = [(0, 10, 7), (1, 25, 11), (0, 40, 12), (1, 4, 13)]  # (sequence, prefix length, first token)
+    for b, (s, n, token) in enumerate(plan):
+        pool.submit(b, handles[s], n, token, 3)
+    captured = []
+    hook = model.register_forward_hook(lambda module, args, out: captured.append(out.logits[:, -1]))
+    try:
+        with torch.no_grad():
+            steps = [pool.step() for _ in range(3)]
+    finally:
+        hook.remove()
+    tails = dict(sum(steps, []))
+    for b, (s, n, token) in enumerate(plan):
+        full = sequences[s][:n] + [token] + tails[b]
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor([full])).logits[0]
+        for step in range(3):  # rows stay in place: nothing ended before the last step
+            torch.testing.assert_close(captured[step][b], expected[n + step], atol=1e-5, rtol=1e-5)
     assert model.config._attn_implementation != "cft_rl_branches"  # restored after each step
 
 
@@ -112,7 +146,14 @@ def test_vllm_backend_maps_prompt_logprobs_to_ranked_tokens(monkeypatch):
     fake = SimpleNamespace(SamplingParams=lambda **kw: kw, TokensPrompt=lambda **kw: kw)
     monkeypatch.setitem(sys.modules, "vllm", fake)
     backend = VLLMBackend(FakeLLM(), SimpleNamespace(eos_token_id=2))
-    assert backend.rank([20, 21, 22], 3) == [[4, 9, 5], [4, 9, 5], [8]]
+    handle, ranked = backend.add([20, 21, 22], 3)
+    assert ranked == [[4, 9, 5], [4, 9, 5], [8]]
     assert calls[0]["prompt_logprobs"] == 3
-    assert backend.continue_greedy([[20, 21], [20, 2]], 5) == [[6, 2], []]  # an eos-ended prefix is skipped
-    assert calls[1]["temperature"] == 0.0 and calls[1]["stop_token_ids"] == [2]
+    backend.submit("a", handle, 2, 30, 5)
+    backend.submit("b", handle, 1, 2, 5)  # an eos token: nothing to continue, vLLM is not asked
+    assert sorted(backend.step()) == [("a", [6, 2]), ("b", [])]
+    assert (
+        calls[1]["temperature"] == 0.0 and calls[1]["stop_token_ids"] == [2] and calls[1]["max_tokens"] == 5
+    )
+    assert backend.idle
+    backend.release(handle)
