@@ -1,9 +1,10 @@
 """The critical-token annotation *job*: a dataset in, an annotated dataset out (CFT, arXiv 2510.10974).
 
-:mod:`cft_rl.annotate_core` judges the tokens of one solution; this module runs that over a dataset:
-it picks the solutions (the model's own greedy ones by default, as in the paper, or the dataset's),
-skips unusable rows with a counted reason, splits the rows across workers, survives being killed, and
-merges the shards into one ``datasets`` folder plus a ``summary.json``.
+:mod:`cft_rl.annotate_core` and :mod:`cft_rl.annotate_fast` judge the tokens of solutions and
+:mod:`cft_rl.annotate_rows` picks each row's solution (the model's own greedy one by default, as in
+the paper, or the dataset's) or its skip reason; this module runs that over a dataset: it splits the
+rows across workers, survives being killed, and merges the shards into one ``datasets`` folder plus a
+``summary.json``.
 
 Layout of ``out``: ``shards/shard-00000-of-00002.jsonl`` (one JSON line per finished row, annotated
 or skipped, then ``{"done": true}``), ``dataset/`` (every annotated row, in dataset order) and
@@ -22,12 +23,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 logger = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from cft_rl.annotate_models import Judge
 
 SOURCES = ("self", "dataset")
 ENGINES = ("reference", "fast")
@@ -99,7 +96,7 @@ class AnnotateConfig:
     engine: str = "fast"
     backend: str = "hf"
     vllm_gpu_memory_utilization: float = 0.85
-    batch_size: int = 256
+    batch_size: int = 512
     eager_alternatives: bool = False
     num_shards: int | None = None
     shard_index: int | None = None
@@ -216,7 +213,7 @@ def _check_settings(path: Path, config: AnnotateConfig) -> None:
     header.write_text(json.dumps(settings, indent=2))
 
 
-# --- one row ---------------------------------------------------------------------------------------
+# --- rows ------------------------------------------------------------------------------------------
 
 
 def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
@@ -229,112 +226,6 @@ def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
         config.dataset, split=config.split, limit=config.limit, errors="skip", skipped=skipped
     )
     return ds.to_list(), sum(skipped.values())
-
-
-def _solution(config: AnnotateConfig, judge: Judge, row: dict) -> tuple[str | None, str | None]:
-    """``(solution, None)`` to annotate, or ``(None, skip reason)``."""
-    from cft_rl.rewards import check
-
-    gold = (row["answer"] or "").strip()
-    # A gold that cannot verify against itself can never mark a continuation correct: every token
-    # would come out critical.
-    if not gold or check("\\boxed{" + gold + "}", gold).score != 1.0:
-        return None, "bad_gold"
-    if config.source == "dataset":
-        solution = row.get("solution")
-        return (solution, None) if solution and solution.strip() else (None, "no_solution")
-    # One prompt per call: batched greedy decoding pads, and padding can change the argmax, which
-    # would make the output depend on how rows were sharded.
-    sample = judge.generator.generate([row["prompt"]], max_new_tokens=config.max_new_tokens, seed=config.seed)
-    solution = sample[0][0].text.strip()
-    if not solution:
-        return None, "empty_solution"
-    if check(solution, gold).score != 1.0:
-        return None, "wrong_self_solution"
-    return solution, None
-
-
-def prepare_row(config: AnnotateConfig, judge: Judge, row: dict, index: int) -> dict:
-    """``{"skipped": reason}`` (the row's output record), or ``{"solution": text}`` to annotate."""
-    from cft_rl.annotate_core import encode_example
-
-    solution, reason = _solution(config, judge, row)
-    if reason is None:
-        try:
-            _, completion_ids, _ = encode_example(judge.tokenizer, row["prompt"], solution)
-        except ValueError:  # offsets would point at the wrong characters: no usable annotation
-            reason = "bad_tokenization"
-        else:
-            reason = "too_long" if len(completion_ids) - 1 > config.max_solution_tokens else None
-    if reason is not None:
-        return {"index": index, "id": row["id"], "skipped": reason}
-    return {"solution": solution}
-
-
-def annotated_record(row: dict, index: int, solution: str, anns) -> dict:
-    """The output record of an annotated row."""
-    from cft_rl.annotate_core import critical_spans
-
-    return {
-        "index": index,
-        "id": row["id"],
-        "prompt": row["prompt"],
-        "question": row["question"],
-        "answer": row["answer"],
-        "solution": solution,
-        "critical_spans": [list(span) for span in critical_spans(anns, solution)],
-        "tokens": [a.token for a in anns],
-        "token_ids": [a.token_id for a in anns],
-        "critical": [a.critical for a in anns],
-        "alternatives": [a.alternatives for a in anns],
-        "alternative_answers": [a.alternative_answers for a in anns],
-        "token_char_spans": [[a.char_start, a.char_end] for a in anns],
-        "num_tokens": len(anns),
-        "num_critical": sum(a.critical for a in anns),
-    }
-
-
-def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
-    """Yield the output record of every row in ``rows`` (index -> row), skipped or annotated, each as
-    soon as it is done: the fast engine finishes rows out of order, decoding many at once."""
-    from cft_rl.annotate_models import load_engine
-
-    solutions: dict[int, str] = {}
-
-    def annotatable():  # skipped rows are reported as they are met; the others go to the engine
-        for index, row in rows.items():
-            prepared = prepare_row(config, judge, row, index)
-            if "skipped" in prepared:
-                skipped.append(prepared)
-                continue
-            solutions[index] = prepared["solution"]
-            yield index, row["prompt"], prepared["solution"], row["answer"]
-
-    skipped: list[dict] = []
-    if config.engine == "fast":
-        from cft_rl.annotate_fast import annotate_many
-
-        limits = (config.num_alternatives, config.max_continuation_tokens, config.batch_size)
-        done = annotate_many(
-            judge.model, judge.tokenizer, annotatable(), *limits, judge.backend, config.eager_alternatives
-        )
-    else:
-        reference, limits = (
-            load_engine("reference"),
-            (config.num_alternatives, config.max_continuation_tokens),
-        )
-        done = (
-            (i, reference(judge.model, judge.tokenizer, p, s, g, *limits)) for i, p, s, g in annotatable()
-        )
-    for index, anns in done:
-        yield from _drain(skipped)
-        yield annotated_record(rows[index], index, solutions.pop(index), anns)
-    yield from _drain(skipped)
-
-
-def _drain(records: list[dict]):
-    while records:
-        yield records.pop(0)
 
 
 # --- the job ---------------------------------------------------------------------------------------
@@ -356,12 +247,13 @@ def run_shard(config: AnnotateConfig) -> Path:
     finished = {r["index"] for r in records}
     todo = [i for i in range(config.shard_index, len(rows), config.num_shards) if i not in finished]
     from cft_rl.annotate_models import load_judge
+    from cft_rl.annotate_rows import annotate_rows
 
     judge = load_judge(config) if todo else None
     torch.manual_seed(config.seed)
     with cpu_float_math(), path.open("a", encoding="utf-8") as handle:
         progress = tqdm(total=len(todo), desc=f"annotate shard {config.shard_index}/{config.num_shards}")
-        for record in annotate_rows(config, judge, {i: rows[i] for i in todo}):
+        for record in annotate_rows(config, judge, {i: rows[i] for i in todo}):  # in finishing order
             _append(handle, record)  # on disk the moment it is finished: a kill loses only rows in flight
             progress.update()
         progress.close()

@@ -21,7 +21,9 @@ verdicts but changes how the work is done:
 Continuations run to eos or the token budget exactly as in the reference (no early stop at the first
 ``\\boxed{}``: a later box would change :func:`cft_rl.answers.extract_answer`). Exactness caveat:
 batched and unbatched float32 arithmetic can differ in the last bits, so a greedy argmax on a near-tie
-could in principle flip; the tests compare full annotation lists against the reference.
+could in principle flip, and which solutions share a batch (hence the number of shards) could in
+principle matter; the tests compare full annotation lists against the reference, several solutions
+decoded together against each alone, and a 2-worker job against a 1-worker one.
 
 The model-facing work sits behind a small backend interface (``add``, ``submit``, ``step``,
 ``release``, ``wants_more``, ``idle``): :class:`HFBackend` on transformers, :class:`VLLMBackend` on
@@ -50,7 +52,7 @@ from cft_rl.rewards import Verdict, check_batch
 class HFBackend(BranchPool):
     """:class:`BranchPool` on a Hugging Face causal LM, with ranking: branches of ``batch_size`` rows."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 256):
+    def __init__(self, model, tokenizer, batch_size: int = 512):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         super().__init__(model, tokenizer.eos_token_id, batch_size)
@@ -151,7 +153,7 @@ def annotate_many(
     examples: Iterable[tuple[object, list, str, str]],
     num_alternatives: int = 2,
     max_continuation_tokens: int = 512,
-    batch_size: int = 256,
+    batch_size: int = 512,
     backend=None,
     eager_alternatives: bool = False,
 ) -> Iterator[tuple[object, list[TokenAnnotation]]]:
@@ -243,7 +245,7 @@ def annotate_fast(
     gold: str,
     num_alternatives: int = 2,
     max_continuation_tokens: int = 512,
-    batch_size: int = 256,
+    batch_size: int = 512,
     backend=None,
     eager_alternatives: bool = False,
 ) -> list[TokenAnnotation]:

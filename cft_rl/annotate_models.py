@@ -65,4 +65,6 @@ def load_judge(config: AnnotateConfig) -> Judge:
         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         seed=config.seed,
     )
-    return Judge(None, tokenizer, VLLMGenerator(llm, tokenizer), VLLMBackend(llm, tokenizer))
+    return Judge(
+        None, tokenizer, VLLMGenerator(llm, tokenizer), VLLMBackend(llm, tokenizer, config.batch_size)
+    )

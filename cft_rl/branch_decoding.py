@@ -208,24 +208,25 @@ class BranchPool:
         groups = heads // kv_heads  # query head h reads kv head h // groups, as HF's repeat_kv
         q = (query[:, :, 0] * scaling).view(rows, kv_heads, groups, dim)
         # Own part [rows, kv, groups, own slots]: the tokens each row was fed (this one included).
-        s_own = torch.matmul(q, own_k.transpose(-1, -2)).float() + lay.own_bias
+        s_own = torch.matmul(q, own_k.transpose(-1, -2)).float().add_(lay.own_bias)
         # Shared part, in padded groups [G, kv, R, groups, L]: one product per (group, kv head).
         n, r = lay.pad_index.shape
         shared_k = self._shared[layer][0][lay.group_slot, :, : lay.length].reshape(n * kv_heads, -1, dim)
         shared_v = self._shared[layer][1][lay.group_slot, :, : lay.length].reshape(n * kv_heads, -1, dim)
         q_pad = _pad(q, lay.pad_index).permute(0, 2, 1, 3, 4).reshape(n * kv_heads, r * groups, dim)
+        # (In place from here on: a fresh tensor of this size costs an allocation, ~page faults.)
         s_shared = torch.bmm(q_pad, shared_k.transpose(1, 2)).float()
-        s_shared = s_shared.view(n, kv_heads, r, groups, -1) + lay.shared_bias
+        s_shared = s_shared.view(n, kv_heads, r, groups, -1).add_(lay.shared_bias)
         # One softmax over both parts, without concatenating them (the shared part is the big one).
         top = torch.maximum(_unpad(s_shared.amax(-1), lay, float("-inf")), s_own.amax(-1))
-        e_shared = _exp(s_shared - _pad(top, lay.pad_index).permute(0, 2, 1, 3)[..., None], lay.shared_ok)
-        e_own = _exp(s_own - top[..., None], lay.own_ok)
-        total = _unpad(e_shared.sum(-1), lay, 0.0) + e_own.sum(-1)
+        top_pad = _pad(top, lay.pad_index).permute(0, 2, 1, 3).contiguous()
+        e_shared = _exp(s_shared.sub_(top_pad[..., None]), lay.shared_ok)
+        e_own = _exp(s_own.sub_(top[..., None]), lay.own_ok)
+        total = _unpad(e_shared.sum(-1), lay, 0.0).add_(e_own.sum(-1))
         out = torch.bmm(e_shared.to(shared_v.dtype).view(n * kv_heads, r * groups, -1), shared_v)
-        out = _unpad(out.view(n, kv_heads, r, groups, dim), lay, 0.0) + torch.matmul(
-            e_own.to(own_v.dtype), own_v
-        )
-        return (out / total[..., None]).to(query.dtype).view(rows, 1, heads, dim)
+        out = _unpad(out.view(n, kv_heads, r, groups, dim), lay, 0.0)
+        out.add_(torch.matmul(e_own.to(own_v.dtype), own_v))
+        return out.div_(total[..., None]).to(query.dtype).view(rows, 1, heads, dim)
 
     def _append(self, layer: int, key, value) -> tuple[torch.Tensor, torch.Tensor]:
         """Write each row's new key/value at its own length; the own parts up to the longest row."""

@@ -108,6 +108,10 @@ def normalize_answer(answer: str | None) -> str | None:
     return _COSMETIC_RE.sub("", answer.strip()) or None
 
 
+# A plain integer of at most 15 digits (math-verify's numeric precision), as sympy prints it.
+_INTEGER_RE = re.compile(r"\s*(0|-?[1-9]\d{0,14})\s*$")
+
+
 def _same_text(a: str, b: str) -> bool:
     """Identical up to cosmetics: correct without parsing, and without a trip to a worker.
 
@@ -215,6 +219,10 @@ def check_batch(
             verdicts[i] = Verdict(0.0, "no_answer")
         elif _same_text(answer, gold_text):
             verdicts[i] = Verdict(1.0, "correct", answer, answer[:200], gold_text[:200])
+        elif _INTEGER_RE.match(answer) and _INTEGER_RE.match(gold_text):
+            # Two different plain integers (equal ones were just matched): math-verify can only say
+            # "wrong", and parses each to itself. Settled here, as a worker would, in microseconds.
+            verdicts[i] = Verdict(0.0, "wrong", answer, answer.strip(), gold_text)
         else:
             jobs.append((answer, gold_text, float_rounding, numeric_precision, strict))
             slots.append(i)

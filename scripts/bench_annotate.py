@@ -98,7 +98,7 @@ def main() -> int:
     parser.add_argument("--ref-n", type=int, default=3, help="solutions also run through the reference")
     parser.add_argument("--k", type=int, default=2, help="alternatives per token")
     parser.add_argument("--max-tokens", type=int, default=512, help="continuation (and solution) budget")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--eager", action="store_true", help="every rank's alternative at once")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()

@@ -227,3 +227,21 @@ def test_reward_registry():
         get_reward_func("math_rewrad")
     with pytest.raises(ValueError, match="Check the dotted path"):
         get_reward_func("cft_rl.rewards.nope")
+
+
+@pytest.mark.parametrize(
+    "answer, gold",
+    [("47", "48"), ("-3", "3"), ("0", "10"), ("123456789012345", "123456789012346"), (" 7 ", "70")],
+)
+def test_integer_fast_path_gives_the_workers_verdict(answer, gold):
+    """Two different plain integers are settled in-process; the verdict must be math-verify's own."""
+    fast = check(f"\\boxed{{{answer}}}", gold)
+    status, pred_parsed, gold_parsed = rewards._score_job(answer.strip(), gold, 6, 15, True)
+    assert (fast.score, fast.status, fast.pred_parsed, fast.gold_parsed) == (
+        0.0,
+        status,
+        pred_parsed,
+        gold_parsed,
+    )
+    # Longer or decorated integers are not taken by the fast path: math-verify decides them.
+    assert not rewards._INTEGER_RE.match("1234567890123456") and not rewards._INTEGER_RE.match("007")
