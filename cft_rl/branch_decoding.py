@@ -157,6 +157,7 @@ class BranchPool:
                 ended.append((self._keys[b], tokens[:n]))
                 self._keys[b] = None
             r["live"][done] = False
+            r["len"][done] = 0  # a free row must not widen the own part every row attends over
         self._shrink()
         return ended
 
