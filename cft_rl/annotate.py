@@ -42,8 +42,8 @@ _NEUTRAL_FIELDS = (
     "batch_size",
     "eager_alternatives",
     "vllm_gpu_memory_utilization",
+    "wait_for_shards",
 )
-_NEUTRAL_FIELDS += ("wait_for_shards",)
 
 
 @dataclass

@@ -53,9 +53,7 @@ class HFBackend(BranchPool):
     """:class:`BranchPool` on a Hugging Face causal LM, with ranking: branches of ``batch_size`` rows."""
 
     def __init__(self, model, tokenizer, batch_size: int = 512):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        super().__init__(model, tokenizer.eos_token_id, batch_size)
+        super().__init__(model, tokenizer.eos_token_id, batch_size)  # it checks batch_size
 
     def add(self, ids: list[int], top: int) -> tuple[int, list[list[int]]]:
         """``(handle, ranked)``: row ``j`` of ranked holds the ``top`` likeliest tokens after ``ids[: j + 1]``,

@@ -74,7 +74,7 @@ class BranchPool:
         self.model.eval()
         out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
         layers = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
-        slot = self._free_slots.pop() if self._free_slots else len(self._seq_len) + len(self._free_slots)
+        slot = self._free_slots.pop() if self._free_slots else len(self._seq_len)  # slots 0..n-1 all taken
         self._store(slot, layers)
         self._seq_len[slot] = len(ids)
         return slot, out.logits[0]
@@ -95,10 +95,7 @@ class BranchPool:
             ]
         slots, room = self._shared[0][0].shape[0], self._shared[0][0].shape[2]
         if slot >= slots or length > room:  # grow: more slots or longer sequences
-            new_slots, new_room = (
-                max(slots, slot + 1, 2 * slots if slot >= slots else 0),
-                max(room, length + _GROW),
-            )
+            new_slots, new_room = (2 * slots if slot >= slots else slots), max(room, length + _GROW)
             for kv in self._shared:
                 for i, old in enumerate(kv):
                     kv[i] = old.new_zeros(new_slots, old.shape[1], new_room, old.shape[3])
@@ -144,7 +141,7 @@ class BranchPool:
                 cft_rl_branches=self,
             ).logits
         greedy = logits[:, -1].float().argmax(dim=-1)
-        if int(r["len"].max()) >= r["tokens"].shape[1]:
+        if self._layout.own_width > r["tokens"].shape[1]:  # a row is about to write past the end
             r["tokens"] = torch.cat([r["tokens"], torch.zeros_like(r["tokens"][:, :_GROW])], dim=1)
         r["tokens"][torch.arange(len(greedy), device=self.device), r["len"]] = greedy
         r["len"] += r["live"]
@@ -175,8 +172,7 @@ class BranchPool:
             ("slot", "prefix", "next", "budget"), zip(*(i[1:] for i in items), strict=True), strict=True
         ):
             self._r[name][index] = torch.tensor(column, device=self.device)
-        self._r["len"][index] = 0
-        self._r["live"][index] = True
+        self._r["live"][index] = True  # "len" is already 0: free rows are reset when they end
         for b, item in zip(rows, items, strict=True):
             self._keys[b] = item[0]
 
