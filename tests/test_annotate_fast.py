@@ -93,11 +93,21 @@ def test_backend_continues_like_generate(toy):
         backend.submit("x", handle, 4, 5, 3)
 
 
-def test_branch_attention_equals_a_plain_forward(toy):
+# "small": one row per group and one own slot per segment, so every merge path runs; "unfused": the
+# shared part without the fused CPU kernel, as on a GPU.
+@pytest.mark.parametrize("layout", ["default", "small", "unfused"])
+def test_branch_attention_equals_a_plain_forward(toy, layout, monkeypatch):
     """Logits of branches read off two shared sequences equal the model's own forward on each full
     branch, step after step, with rows of different sequences and lengths in one batch."""
     import torch
 
+    from cft_rl import branch_attention, branch_decoding
+
+    if layout == "small":
+        monkeypatch.setattr(branch_decoding, "_GROUP_ROWS", 1)
+        monkeypatch.setattr(branch_decoding, "_OWN_SEGMENT", 1)
+    if layout == "unfused":
+        monkeypatch.setattr(branch_attention, "_CPU_FLASH", None)
     model, tokenizer, _ = toy
     pool = HFBackend(model, tokenizer, batch_size=8)
     sequences = [list(range(5, 45)), list(range(60, 90))]
