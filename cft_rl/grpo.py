@@ -28,8 +28,8 @@ from trl import GRPOConfig
 from cft_rl.cpu import cpu_float_math
 from cft_rl.grpo_monitor import MonitoredGRPOTrainer, Probe, build_reward_funcs, tolerant_reward
 from cft_rl.monitors import MonitorConfig
+from cft_rl.sft import end_processes, load_sft_checkpoint
 from cft_rl.sft import load_checkpoint_tokenizer as load_tokenizer
-from cft_rl.sft import load_sft_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -384,4 +384,5 @@ def main(argv: list[str] | None = None) -> int:
             first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
             print(f"mean training reward: first {k} steps {first:.3f}, last {k} steps {last:.3f}")
         print(f"GRPO policy saved to {trainer.args.output_dir}")
+    end_processes()
     return 0

@@ -37,10 +37,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import pad
@@ -402,4 +404,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SFT ({args.strategy}) checkpoint saved to {result.output_dir}")
     for stage, summary in result.selection.items():
         print(f"{stage}: {json.dumps(summary.get('train', {}))}")
+    end_processes()
     return 0
+
+
+def end_processes() -> None:
+    """Tear down the process group at the end of a clean run under a launcher (no-op in one process).
+
+    Left to interpreter shutdown, gloo's worker threads may still be releasing a finished collective's
+    tensors, which needs the GIL, and the process aborts (pytorch/pytorch#190489); destroyed in that
+    same window, the group deadlocks on the GIL (seen: the runloop thread waiting for it in
+    ~AsyncAllgatherWork while the main thread joins it). So: a barrier, after which every collective
+    is done, a pause that lets gloo's threads take the GIL to release them, then the teardown. Only
+    after a clean run: a rank that failed must not wait on the others.
+    """
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        time.sleep(0.2)
+    state.destroy_process_group()

@@ -17,6 +17,7 @@ import torch
 from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.evaluation import render_prompts
 from cft_rl.grpo import GRPORunConfig, build_trainer
+from cft_rl.sft import end_processes
 from cft_rl.toy import load_toy
 
 
@@ -74,6 +75,7 @@ def main() -> None:
         result = {"world_size": trainer.accelerator.num_processes, "log_history": trainer.state.log_history}
         with open(out, "w") as handle:
             json.dump(result, handle)
+    end_processes()  # else a rank can abort at exit
 
 
 if __name__ == "__main__":

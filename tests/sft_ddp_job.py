@@ -14,7 +14,7 @@ import sys
 import torch
 
 from cft_rl.cpu import QUIET_CPU_RUN
-from cft_rl.sft import SelectiveSFTConfig, SelectiveSFTTrainer
+from cft_rl.sft import SelectiveSFTConfig, SelectiveSFTTrainer, end_processes
 from cft_rl.toy import load_toy
 
 
@@ -51,6 +51,7 @@ def main() -> None:
         }
         with open(out, "w") as handle:
             json.dump(result, handle)
+    end_processes()  # else a rank can abort at exit
 
 
 if __name__ == "__main__":
