@@ -96,7 +96,7 @@ class AnnotateConfig:
     engine: str = "fast"
     backend: str = "hf"
     vllm_gpu_memory_utilization: float = 0.85
-    batch_size: int = 512
+    batch_size: int = 1024
     eager_alternatives: bool = False
     num_shards: int | None = None
     shard_index: int | None = None

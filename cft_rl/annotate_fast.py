@@ -52,7 +52,7 @@ from cft_rl.rewards import Verdict, check_batch
 class HFBackend(BranchPool):
     """:class:`BranchPool` on a Hugging Face causal LM, with ranking: branches of ``batch_size`` rows."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 512):
+    def __init__(self, model, tokenizer, batch_size: int = 1024):
         super().__init__(model, tokenizer.eos_token_id, batch_size)  # it checks batch_size
 
     def add(self, ids: list[int], top: int) -> tuple[int, list[list[int]]]:
@@ -151,7 +151,7 @@ def annotate_many(
     examples: Iterable[tuple[object, list, str, str]],
     num_alternatives: int = 2,
     max_continuation_tokens: int = 512,
-    batch_size: int = 512,
+    batch_size: int = 1024,
     backend=None,
     eager_alternatives: bool = False,
 ) -> Iterator[tuple[object, list[TokenAnnotation]]]:
@@ -243,7 +243,7 @@ def annotate_fast(
     gold: str,
     num_alternatives: int = 2,
     max_continuation_tokens: int = 512,
-    batch_size: int = 512,
+    batch_size: int = 1024,
     backend=None,
     eager_alternatives: bool = False,
 ) -> list[TokenAnnotation]:
