@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cft_rl import branch_attention as bd
+from cft_rl import branch_attention
 from cft_rl.branch_attention import additive_mask, attention_lse, merge_attention, shared_attention_lse
 
 
@@ -48,7 +48,7 @@ def test_a_part_with_no_visible_key_weighs_nothing():
     torch.testing.assert_close(lse, seen[1])
 
 
-@pytest.mark.skipif(bd._CPU_FLASH is None, reason="this torch has no fused CPU attention with log-sum-exp")
+@pytest.mark.skipif(branch_attention._CPU_FLASH is None, reason="this torch has no fused CPU attention with log-sum-exp")
 def test_fused_cpu_kernel_equals_the_unfused_form(monkeypatch):
     torch.manual_seed(1)
     q, k, v = torch.randn(3, 2, 6, 8), torch.randn(3, 2, 10, 8), torch.randn(3, 2, 10, 8)
@@ -56,7 +56,7 @@ def test_fused_cpu_kernel_equals_the_unfused_form(monkeypatch):
     ok[2, :, 5] = False  # a padding query that sees nothing: its output is never read
     bias, _ = _masks(ok)
     fused = shared_attention_lse(q, k, v, bias, 0.3)
-    monkeypatch.setattr(bd, "_CPU_FLASH", None)
+    monkeypatch.setattr(branch_attention, "_CPU_FLASH", None)
     unfused = shared_attention_lse(q, k, v, bias, 0.3)
     seen = ok.any(-1).expand(3, 2, 6)
     torch.testing.assert_close(fused[0][seen], unfused[0][seen], atol=1e-5, rtol=1e-5)
