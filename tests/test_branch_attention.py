@@ -48,7 +48,9 @@ def test_a_part_with_no_visible_key_weighs_nothing():
     torch.testing.assert_close(lse, seen[1])
 
 
-@pytest.mark.skipif(branch_attention._CPU_FLASH is None, reason="this torch has no fused CPU attention with log-sum-exp")
+@pytest.mark.skipif(
+    branch_attention._CPU_FLASH is None, reason="this torch has no fused CPU attention with log-sum-exp"
+)
 def test_fused_cpu_kernel_equals_the_unfused_form(monkeypatch):
     torch.manual_seed(1)
     q, k, v = torch.randn(3, 2, 6, 8), torch.randn(3, 2, 10, 8), torch.randn(3, 2, 10, 8)
