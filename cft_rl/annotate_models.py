@@ -1,23 +1,16 @@
-"""Loading what annotates: the engine, and the model behind it (transformers on this worker's GPU, or vLLM).
+"""Loading what annotates: the model (transformers on this worker's GPU, or vLLM) and its backend.
 
 Kept apart from :mod:`cft_rl.annotate` (the job) because these are the heavy, device-facing imports.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cft_rl.annotate import AnnotateConfig
-
-
-def load_engine(name: str):
-    """``annotate_reference`` or ``annotate_fast``: imported only when used (torch and friends are slow)."""
-    module = "cft_rl.annotate_core" if name == "reference" else "cft_rl.annotate_fast"
-    return getattr(importlib.import_module(module), f"annotate_{name}")
 
 
 @dataclass

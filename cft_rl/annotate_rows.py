@@ -80,8 +80,6 @@ def annotated_record(row: dict, index: int, solution: str, anns) -> dict:
 def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
     """Yield the output record of every row in ``rows`` (index -> row), skipped or annotated, each as
     soon as it is done: the fast engine finishes rows out of order, decoding many at once."""
-    from cft_rl.annotate_models import load_engine
-
     solutions: dict[int, str] = {}
 
     def annotatable():  # skipped rows are reported as they are met; the others go to the engine
@@ -102,10 +100,9 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
             judge.model, judge.tokenizer, annotatable(), *limits, judge.backend, config.eager_alternatives
         )
     else:
-        reference, limits = (
-            load_engine("reference"),
-            (config.num_alternatives, config.max_continuation_tokens),
-        )
+        from cft_rl.annotate_core import annotate_reference as reference
+
+        limits = (config.num_alternatives, config.max_continuation_tokens)
         done = (
             (i, reference(judge.model, judge.tokenizer, p, s, g, *limits)) for i, p, s, g in annotatable()
         )
