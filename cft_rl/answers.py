@@ -2,7 +2,7 @@
 
 Pure string functions, no sympy: they run in the trainer's process on every completion, so they must be
 linear-time on anything a policy can emit (a 1 MB ramble, 10,000 unmatched braces, broken unicode).
-The symbolic comparison lives in :mod:`cft_rl.rewards` and runs behind a process guard.
+The symbolic comparison lives in :mod:`cft_rl.verify.verifier` and runs behind a process guard.
 
 Priority, as models are prompted to answer (``\\boxed{}``) and as datasets write gold solutions:
 1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces allowed, also ``\\boxed 5``);

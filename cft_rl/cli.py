@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from cft_rl.rewards import check
+    from cft_rl.verify.verifier import check
 
     verdict = check(args.prediction, args.gold, timeout=args.timeout)
     print(json.dumps(verdict.__dict__, ensure_ascii=False))
@@ -21,7 +21,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from cft_rl.data import BENCHMARKS, load_benchmark
+    from cft_rl.data.datasets import BENCHMARKS, load_benchmark
 
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     for name in names:
@@ -35,7 +35,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_toy_build(args: argparse.Namespace) -> int:
     import yaml
 
-    from cft_rl.toy import ToyBuildConfig, build_toy
+    from cft_rl.toy.build import ToyBuildConfig, build_toy
 
     values = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
     for pair in args.set:
@@ -54,7 +54,7 @@ def _cmd_toy_build(args: argparse.Namespace) -> int:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     import yaml
 
-    from cft_rl.annotate import AnnotateConfig, run_annotation
+    from cft_rl.annotate.job import AnnotateConfig, run_annotation
 
     values = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k in _ANNOTATE_FLAGS and v is not None}
@@ -87,7 +87,7 @@ _BOOL_FLAGS = ("eager_alternatives", "wait_for_shards")
 def _cmd_render(args: argparse.Namespace) -> int:
     import datasets
 
-    from cft_rl.render import render_terminal, write_html
+    from cft_rl.annotate.render import render_terminal, write_html
 
     path = Path(args.dir)
     path = path / "dataset" if (path / "dataset").is_dir() else path
@@ -105,13 +105,13 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_sft(argv: list[str]) -> int:
-    from cft_rl.sft import main as sft_main
+    from cft_rl.sft.trainer import main as sft_main
 
     return sft_main(argv)
 
 
 def _cmd_grpo(argv: list[str]) -> int:
-    from cft_rl.grpo import main as grpo_main
+    from cft_rl.grpo.run import main as grpo_main
 
     return grpo_main(argv)
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "annotate",
         help="annotate critical tokens of a dataset's solutions (CFT)",
-        description="Each flag is the AnnotateConfig field of that name (see cft_rl.annotate).",
+        description="Each flag is the AnnotateConfig field of that name (see cft_rl.annotate.job).",
     )
     p.add_argument("--config", default=None, help="YAML file of AnnotateConfig settings; flags override")
     for flag in _ANNOTATE_FLAGS:
@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     # These modules define their arguments and run functions; their heavy imports happen inside.
-    from cft_rl import compare, eval_job, pipeline
+    from cft_rl.compare import analysis as compare
+    from cft_rl.eval import job as eval_job
+    from cft_rl.pipeline import run as pipeline
 
     for name, module, help_, description in (
         (
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(func=module.run_from_args)
 
-    # Parsed by TRL's parser (see cft_rl.sft.main); listed here so that `cft-rl --help` shows it.
+    # Parsed by TRL's parser (see cft_rl.sft.trainer.main); listed here so that `cft-rl --help` shows it.
     sub.add_parser(
         "sft",
         add_help=False,

@@ -3,7 +3,7 @@
     accelerate launch --config_file recipes/accelerate_configs/ddp.yaml --num_processes 8 \\
         scripts/annotate.py --config recipes/Qwen2.5-Math-1.5B/annotate.yaml [--flag v]
 
-Every flag is an ``AnnotateConfig`` field (``--max-new-tokens 512``); see :mod:`cft_rl.annotate`. Each
+Every flag is an ``AnnotateConfig`` field (``--max-new-tokens 512``); see :mod:`cft_rl.annotate.job`. Each
 process annotates the rows of its shard (``$RANK`` of ``$WORLD_SIZE``, set by the launcher); shard 0
 waits for the others, then merges them into ``OUT/dataset`` and ``OUT/summary.json``.
 """

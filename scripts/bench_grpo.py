@@ -40,7 +40,7 @@ RECIPE = ROOT / "recipes" / "toy" / "grpo" / "toy.yaml"
 
 def _timed_trainer_class():
     """``MonitoredGRPOTrainer`` that adds up the seconds spent in its monitor code."""
-    from cft_rl.grpo_monitor import MonitoredGRPOTrainer
+    from cft_rl.grpo.trainer import MonitoredGRPOTrainer
 
     class Timed(MonitoredGRPOTrainer):
         monitor_seconds = 0.0
@@ -65,7 +65,7 @@ def _timed_trainer_class():
 
 
 def _overhead_config(out: Path, seed: int, steps: int, **extra):
-    from cft_rl.grpo import GRPORunConfig
+    from cft_rl.grpo.run import GRPORunConfig
 
     return GRPORunConfig(
         **extra,
@@ -87,14 +87,14 @@ def _overhead_config(out: Path, seed: int, steps: int, **extra):
 def _one_run(kind: str, toy: Path, seed: int, steps: int, out: Path) -> dict:
     from trl import GRPOTrainer
 
-    from cft_rl.grpo import build_reward_funcs
-    from cft_rl.toy import load_toy
+    from cft_rl.grpo.run import build_reward_funcs
+    from cft_rl.toy.build import load_toy
 
     model, tokenizer, data = load_toy(toy)
     config = _overhead_config(out / f"{kind}-{seed}", seed, steps)
     common = dict(model=model, args=config, train_dataset=data["train"], processing_class=tokenizer)
     if kind == "plain":
-        from cft_rl.rewards import math_reward
+        from cft_rl.verify.verifier import math_reward
 
         trainer = GRPOTrainer(reward_funcs=[math_reward], **common)
     else:
@@ -115,9 +115,9 @@ def _one_run(kind: str, toy: Path, seed: int, steps: int, out: Path) -> dict:
 
 def _probe_seconds(toy: Path, repeats: int = 3) -> tuple[float, int, int]:
     """Seconds per probe call of the recipe's probe settings on the warm-start."""
-    from cft_rl.grpo import build_trainer, make_probe
-    from cft_rl.grpo_monitor import ProbeCallback
-    from cft_rl.toy import load_toy
+    from cft_rl.grpo.run import build_trainer, make_probe
+    from cft_rl.grpo.trainer import ProbeCallback
+    from cft_rl.toy.build import load_toy
 
     model, tokenizer, data = load_toy(toy)
     config = _overhead_config(Path("/tmp/bench_grpo_probe"), 0, 1, **_recipe_probe_fields())
@@ -192,7 +192,7 @@ def bench_overhead(args) -> str:
 
 
 def _learn_run(args, name: str, extra: list[str]):
-    from cft_rl.grpo import run_cli
+    from cft_rl.grpo.run import run_cli
 
     argv = ["--config", str(RECIPE), "--model_name_or_path", args.toy, "--dataset_name", f"{args.toy}/data"]
     argv += ["--output_dir", str(Path(args.work) / name), "--report_to", "none", *args.recipe_args.split()]

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from cft_rl.reports import markdown_table, write_section
-from cft_rl.toy import ToyBuildConfig, build_toy, load_toy
+from cft_rl.toy.build import ToyBuildConfig, build_toy, load_toy
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], help="ToyBuildConfig overrides, key=json")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
-    from cft_rl.evaluation import generate, summarize
+    from cft_rl.eval.sampling import generate, summarize
 
     config = ToyBuildConfig(**parse_overrides(args.set))
     out = args.out or tempfile.mkdtemp(prefix="toy-bench-")

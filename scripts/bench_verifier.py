@@ -18,9 +18,9 @@ import statistics
 import sys
 import time
 
-from cft_rl import rewards
-from cft_rl.data import BENCHMARKS, load_benchmark
+from cft_rl.data.datasets import BENCHMARKS, load_benchmark
 from cft_rl.reports import markdown_table, write_section
+from cft_rl.verify import verifier as rewards
 
 SOLUTION_SETS = ("gsm8k_train", "gsm8k_test", "math500", "minerva_math")
 TARGET = 0.995

@@ -12,14 +12,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def toy_config():
-    from cft_rl.toy import ToyBuildConfig
+    from cft_rl.toy.build import ToyBuildConfig
 
     return ToyBuildConfig.tiny()
 
 
 @pytest.fixture(scope="session")
 def toy_dir(tmp_path_factory, toy_config):
-    from cft_rl.toy import build_toy
+    from cft_rl.toy.build import build_toy
 
     return build_toy(tmp_path_factory.mktemp("toy") / "world", toy_config, progress=False)
 

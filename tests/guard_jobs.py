@@ -1,4 +1,4 @@
-"""Job functions for tests of cft_rl.guard; importable by the guard's worker processes."""
+"""Job functions for tests of cft_rl.verify.guard; importable by the guard's worker processes."""
 
 import os
 import time

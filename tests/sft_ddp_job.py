@@ -14,8 +14,8 @@ import sys
 import torch
 
 from cft_rl.cpu import QUIET_CPU_RUN
-from cft_rl.sft import SelectiveSFTConfig, SelectiveSFTTrainer, end_processes
-from cft_rl.toy import load_toy
+from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer, end_processes
+from cft_rl.toy.build import load_toy
 
 
 def main() -> None:

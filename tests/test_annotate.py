@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from cft_rl.annotate import AnnotateConfig, read_shard, run_annotation, shard_path, token_class
+from cft_rl.annotate.job import AnnotateConfig, read_shard, run_annotation, shard_path, token_class
 from cft_rl.cli import main
 
 FAST = {"engine": "reference", "num_alternatives": 2, "max_continuation_tokens": 5, "source": "dataset"}
@@ -132,7 +132,7 @@ def test_shard_zero_waits_for_the_others_under_a_launcher(toy_dir, good_rows, on
     import threading
     import time
 
-    from cft_rl.annotate import run_shard
+    from cft_rl.annotate.job import run_shard
 
     def late_worker():
         time.sleep(1.0)
@@ -189,7 +189,7 @@ def _complete_rows(path: Path) -> int:
 def test_sigkill_then_resume(toy_dir, good_rows, one_shard, tmp_path):
     out = tmp_path / "out"
     script = (
-        "from cft_rl.annotate import AnnotateConfig, run_annotation; "
+        "from cft_rl.annotate.job import AnnotateConfig, run_annotation; "
         f"run_annotation(AnnotateConfig(model={str(toy_dir)!r}, dataset={str(good_rows)!r}, out={str(out)!r}, "
         f"num_shards=1, shard_index=0, **{FAST!r}))"
     )
@@ -261,9 +261,9 @@ def test_cli_render_prints_and_writes_html(one_shard, tmp_path, capsys):
 def test_vllm_backend_loads_one_engine_for_solutions_and_branches(toy_dir, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from cft_rl.annotate_fast import VLLMBackend
-    from cft_rl.annotate_models import load_judge
-    from cft_rl.evaluation import VLLMGenerator
+    from cft_rl.annotate.engine import VLLMBackend
+    from cft_rl.annotate.judge import load_judge
+    from cft_rl.eval.sampling import VLLMGenerator
 
     made = []
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=lambda **kw: made.append(kw) or "llm"))
@@ -282,7 +282,7 @@ def test_each_launcher_worker_loads_on_its_own_gpu(toy_dir, monkeypatch):
     import torch
     from transformers import PreTrainedModel
 
-    from cft_rl.annotate_models import load_model
+    from cft_rl.annotate.judge import load_model
 
     moved = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from cft_rl import annotate_core
-from cft_rl.annotate_core import (
+from cft_rl.annotate import rule as annotate_core
+from cft_rl.annotate.rule import (
     TokenAnnotation,
     annotate_reference,
     critical_from_verdicts,
@@ -12,8 +12,8 @@ from cft_rl.annotate_core import (
     encode_example,
     ranked_alternatives,
 )
-from cft_rl.rewards import Verdict
-from cft_rl.toy import load_toy
+from cft_rl.toy.build import load_toy
+from cft_rl.verify.verifier import Verdict
 
 SHORT_SOLUTION = "The answer is \\boxed{41}."
 

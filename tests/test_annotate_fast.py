@@ -2,9 +2,9 @@
 
 import pytest
 
-from cft_rl.annotate_core import annotate_reference
-from cft_rl.annotate_fast import HFBackend, annotate_fast, annotate_many
-from cft_rl.toy import load_toy
+from cft_rl.annotate.engine import HFBackend, annotate_fast, annotate_many
+from cft_rl.annotate.rule import annotate_reference
+from cft_rl.toy.build import load_toy
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_many_solutions_decoded_together_equal_each_alone(toy):
 def test_backend_continues_like_generate(toy):
     """Branches of two sequences in one pool, more branches than rows (rows are refilled), mixed
     budgets, an eos token (nothing to continue) and a zero budget: each tail is ``generate``'s."""
-    from cft_rl.annotate_core import encode_example, greedy_completion
+    from cft_rl.annotate.rule import encode_example, greedy_completion
 
     model, tokenizer, data = toy
     backend = HFBackend(model, tokenizer, batch_size=3)
@@ -101,7 +101,8 @@ def test_branch_attention_equals_a_plain_forward(toy, layout, monkeypatch):
     branch, step after step, with rows of different sequences and lengths in one batch."""
     import torch
 
-    from cft_rl import branch_attention, branch_decoding
+    from cft_rl.annotate import attention as branch_attention
+    from cft_rl.annotate import branches as branch_decoding
 
     if layout == "small":
         monkeypatch.setattr(branch_decoding, "_GROUP_ROWS", 1)
@@ -137,7 +138,7 @@ def test_vllm_backend_maps_prompt_logprobs_to_ranked_tokens(monkeypatch):
     import sys
     from types import SimpleNamespace
 
-    from cft_rl.annotate_fast import VLLMBackend
+    from cft_rl.annotate.engine import VLLMBackend
 
     lp = lambda rank: SimpleNamespace(rank=rank, logprob=-float(rank))  # noqa: E731
     calls = []

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from cft_rl import branch_attention
-from cft_rl.branch_attention import additive_mask, attention_lse, merge_attention, shared_attention_lse
+from cft_rl.annotate import attention as branch_attention
+from cft_rl.annotate.attention import additive_mask, attention_lse, merge_attention, shared_attention_lse
 
 
 def _masks(ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

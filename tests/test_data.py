@@ -1,4 +1,4 @@
-"""cft_rl.data: every benchmark file loads into the record shape with the right gold answers.
+"""cft_rl.data.datasets: every benchmark file loads into the record shape with the right gold answers.
 
 Reads the real files under the data root (../shared/data by default); the module is skipped, with the
 reason, where that folder is absent.
@@ -14,8 +14,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from cft_rl import data
-from cft_rl.data import (
+from cft_rl.data import datasets as data
+from cft_rl.data.datasets import (
     BENCHMARKS,
     BOXED_INSTRUCTION,
     PAPER_SUITE,
@@ -247,7 +247,7 @@ def test_bad_rows_raise_with_file_and_line(bad_root, tmp_path):
 
 
 def test_bad_rows_skipped_and_counted(bad_root, caplog):
-    with caplog.at_level(logging.WARNING, logger="cft_rl.data"):
+    with caplog.at_level(logging.WARNING, logger="cft_rl.data.datasets"):
         rows, skipped = read_benchmark_records("gsm8k_train", data_root=bad_root, errors="skip")
     assert [row["answer"] for row in rows] == ["2", "4"]
     assert skipped == {
@@ -279,7 +279,7 @@ def test_env_var_sets_the_root(bad_root, monkeypatch):
     monkeypatch.setenv("CFT_RL_DATA_ROOT", str(bad_root))
     assert resolve_data_root() == bad_root
     monkeypatch.delenv("CFT_RL_DATA_ROOT")
-    repo_root = Path(data.__file__).resolve().parents[1]
+    repo_root = Path(data.__file__).resolve().parents[2]
     assert resolve_data_root() == repo_root.parent / "shared" / "data"
 
 

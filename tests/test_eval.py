@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from cft_rl.data import DataError
-from cft_rl.eval_job import EvalConfig, load_eval_dataset, run_eval
-from cft_rl.eval_report import paper_table
-from cft_rl.evaluation import HFGenerator, Sample, VLLMGenerator, generate, score_groups
+from cft_rl.data.datasets import DataError
+from cft_rl.eval.job import EvalConfig, load_eval_dataset, run_eval
+from cft_rl.eval.sampling import HFGenerator, Sample, VLLMGenerator, generate, score_groups
+from cft_rl.eval.tables import paper_table
 
 
 def _samples(*texts):
@@ -50,8 +50,8 @@ def test_generated_entropies_are_those_of_the_sampled_distribution(toy_dir):
     """The logits processor records entropy(logits / T) per token: what output_logits would give."""
     import torch
 
-    from cft_rl.evaluation import render_prompts, token_entropy
-    from cft_rl.toy import load_toy
+    from cft_rl.eval.sampling import render_prompts, token_entropy
+    from cft_rl.toy.build import load_toy
 
     model, tokenizer, data = load_toy(toy_dir)
     prompt = data["test"]["prompt"][0]
@@ -76,7 +76,7 @@ def test_generated_entropies_are_those_of_the_sampled_distribution(toy_dir):
 
 
 def test_hf_generator_is_generate_behind_the_backend_method(toy_dir):
-    from cft_rl.toy import load_toy
+    from cft_rl.toy.build import load_toy
 
     model, tokenizer, data = load_toy(toy_dir)
     prompts = data["test"]["prompt"][:3]
@@ -148,7 +148,7 @@ def test_unknown_benchmark_names_the_valid_ones(tmp_path):
 
 
 def test_eval_job_on_the_toy_model_writes_summaries_and_samples_and_resumes(toy_dir, tmp_path):
-    from cft_rl.toy import load_toy
+    from cft_rl.toy.build import load_toy
 
     model, tokenizer, _ = load_toy(toy_dir)
     config = EvalConfig(

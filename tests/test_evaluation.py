@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cft_rl.evaluation import Sample, pass_at_k, summarize, token_entropy
+from cft_rl.eval.sampling import Sample, pass_at_k, summarize, token_entropy
 
 
 @pytest.mark.parametrize("n", range(1, 7))
@@ -47,7 +47,7 @@ def test_summarize_on_hand_made_groups():
 
 
 def test_wilson_interval_on_hand_computed_cases():
-    from cft_rl.evaluation import wilson_interval
+    from cft_rl.eval.sampling import wilson_interval
 
     # 8 of 10, z = 1.96: centre (0.8 + z²/20) / (1 + z²/10), half-width z sqrt(0.016 + z²/400) / (1 + z²/10).
     z2 = 1.96**2

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from cft_rl.cpu import QUIET_CPU_RUN
-from cft_rl.grpo import GRPORunConfig, build_reward_funcs, load_warm_start, make_probe, tolerant_reward
-from cft_rl.monitors import group_metrics
+from cft_rl.grpo.metrics import group_metrics
+from cft_rl.grpo.run import GRPORunConfig, build_reward_funcs, load_warm_start, make_probe, tolerant_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -76,7 +76,7 @@ def test_tolerant_reward_logs_zero_failures_and_rejects_a_wrong_length():
 
 
 def test_reward_funcs_by_name_and_dotted_path():
-    funcs = build_reward_funcs(["math_reward", "cft_rl.rewards.format_reward"])
+    funcs = build_reward_funcs(["math_reward", "cft_rl.verify.verifier.format_reward"])
     assert [f.__name__ for f in funcs] == ["math_reward", "format_reward"]
     assert funcs[1](completions=["so \\boxed{3}", "no"]) == [1.0, 0.0]
     with pytest.raises(ValueError, match="reward_funcs"):
@@ -123,7 +123,7 @@ def test_lora_warm_start_is_merged_or_kept_trainable(tmp_path, toy_dir):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from cft_rl.grpo import build_trainer
+    from cft_rl.grpo.run import build_trainer
 
     base = AutoModelForCausalLM.from_pretrained(toy_dir)
     lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
@@ -150,7 +150,7 @@ def test_lora_warm_start_is_merged_or_kept_trainable(tmp_path, toy_dir):
 def test_trainable_parameters_train_only_what_they_match(tmp_path, toy_dir):
     import datasets
 
-    from cft_rl.grpo import build_trainer
+    from cft_rl.grpo.run import build_trainer
 
     config = _config(tmp_path, trainable_parameters=["*norm*"], max_steps=1, reward_funcs=["format_reward"])
     train = datasets.load_from_disk(str(toy_dir / "data"))["train"]
@@ -177,8 +177,8 @@ def _length_reward(completions, **kwargs):
 
 
 def test_monitors_and_probe_land_in_the_log_history(tmp_path, toy_dir):
-    from cft_rl.grpo import train_grpo
-    from cft_rl.toy import load_toy
+    from cft_rl.grpo.run import train_grpo
+    from cft_rl.toy.build import load_toy
 
     model, tokenizer, data = load_toy(toy_dir)
     config = _config(
@@ -266,8 +266,8 @@ class _Crash(Exception):
 def test_resume_after_a_crash_continues_the_log_history(tmp_path, toy_dir):
     from transformers import TrainerCallback
 
-    from cft_rl.grpo import train_grpo
-    from cft_rl.toy import load_toy
+    from cft_rl.grpo.run import train_grpo
+    from cft_rl.toy.build import load_toy
 
     class CrashAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cft_rl.guard import CRASHED, TIMEOUT, GuardedPool
+from cft_rl.verify.guard import CRASHED, TIMEOUT, GuardedPool
 
 
 @pytest.fixture

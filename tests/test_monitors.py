@@ -8,8 +8,8 @@ import pytest
 import torch
 from trl.trainer.utils import nanstd
 
-from cft_rl.evaluation import Sample
-from cft_rl.monitors import (
+from cft_rl.eval.sampling import Sample
+from cft_rl.grpo.metrics import (
     MonitorConfig,
     _clipped_matches,
     _ngrams,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cft_rl.pipeline import read_manifest, run_pipeline, status
-from cft_rl.pipeline_recipe import Recipe, RecipeError, plan
+from cft_rl.pipeline.recipe import Recipe, RecipeError, plan
+from cft_rl.pipeline.run import read_manifest, run_pipeline, status
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "toy" / "pipeline_smoke.yaml"
@@ -110,7 +110,7 @@ def test_cli_dry_run_prints_the_plan_and_errors_cleanly(tmp_path, capsys):
 
 
 def test_resume_point_is_the_last_complete_checkpoint(tmp_path):
-    from cft_rl.pipeline import _last_checkpoint
+    from cft_rl.pipeline.run import _last_checkpoint
 
     assert _last_checkpoint(tmp_path / "missing") == []
     for step, complete in ((2, True), (10, True), (11, False)):  # 11: killed while being written

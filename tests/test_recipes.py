@@ -53,13 +53,13 @@ def _trl_parse(path: Path, config_class):
 
 
 def _sft_parse(path: Path):
-    from cft_rl.sft import SelectiveSFTConfig
+    from cft_rl.sft.trainer import SelectiveSFTConfig
 
     return _trl_parse(path, SelectiveSFTConfig)
 
 
 def _grpo_parse(path: Path):
-    from cft_rl.grpo import GRPORunConfig
+    from cft_rl.grpo.run import GRPORunConfig
 
     return _trl_parse(path, GRPORunConfig)
 
@@ -115,7 +115,7 @@ def test_grpo_recipe_parses(path):
 
 @pytest.mark.parametrize("path", ANNOTATE_RECIPES, ids=_ids(ANNOTATE_RECIPES))
 def test_annotate_recipe_parses(path, monkeypatch):
-    from cft_rl.annotate import AnnotateConfig
+    from cft_rl.annotate.job import AnnotateConfig
 
     for name in ("RANK", "WORLD_SIZE"):  # a launcher's environment would shard the config
         monkeypatch.delenv(name, raising=False)
@@ -129,7 +129,7 @@ def test_annotate_recipe_parses(path, monkeypatch):
 @pytest.mark.parametrize("model_dir", MODEL_DIRS, ids=_ids(MODEL_DIRS))
 def test_model_recipes_chain(model_dir):
     """annotate -> sft -> grpo: each step reads the folder the previous one writes, for one base model."""
-    from cft_rl.data import BENCHMARKS
+    from cft_rl.data.datasets import BENCHMARKS
 
     annotate, sft, grpo = (_load(model_dir / f"{name}.yaml") for name in ("annotate", "sft", "grpo"))
     pipeline = _load(model_dir / "pipeline.yaml")
@@ -163,7 +163,7 @@ def test_model_recipe_headers_name_real_files(model_dir):
 
 @pytest.mark.parametrize("path", PIPELINE_RECIPES, ids=_ids(PIPELINE_RECIPES))
 def test_pipeline_recipe_plans(path):
-    from cft_rl.pipeline_recipe import RESERVED, Recipe, plan
+    from cft_rl.pipeline.recipe import RESERVED, Recipe, plan
 
     raw = _load(path)
     for section, reserved in RESERVED.items():
@@ -188,10 +188,10 @@ def test_pipeline_recipe_plans(path):
 @pytest.mark.parametrize("path", PIPELINE_RECIPES, ids=_ids(PIPELINE_RECIPES))
 def test_pipeline_stage_configs_parse(path, tmp_path, monkeypatch):
     """Each stage's settings, as the pipeline would hand them to its job, parse in that job's config."""
-    from cft_rl.annotate import AnnotateConfig
-    from cft_rl.compare import CompareConfig
-    from cft_rl.eval_job import EvalConfig
-    from cft_rl.pipeline_recipe import Recipe, plan
+    from cft_rl.annotate.job import AnnotateConfig
+    from cft_rl.compare.analysis import CompareConfig
+    from cft_rl.eval.job import EvalConfig
+    from cft_rl.pipeline.recipe import Recipe, plan
 
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -243,7 +243,7 @@ def test_grpo_typo_names_the_key(tmp_path):
 
 
 def test_annotate_typo_names_the_key():
-    from cft_rl.annotate import AnnotateConfig
+    from cft_rl.annotate.job import AnnotateConfig
 
     values = _renamed(_load(RECIPES / MODEL / "annotate.yaml"), "max_new_tokens", "max_new_tokns")
     with pytest.raises(ValueError, match="max_new_tokns"):
@@ -260,7 +260,7 @@ def _bad_pipeline(tmp_path: Path, where: str) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("where", ["top", "grpo"])
 def test_pipeline_typo_names_the_key(tmp_path, where):
-    from cft_rl.pipeline_recipe import Recipe, RecipeError
+    from cft_rl.pipeline.recipe import Recipe, RecipeError
 
     path, key = _bad_pipeline(tmp_path, where)
     with pytest.raises(RecipeError, match=key):
@@ -268,7 +268,7 @@ def test_pipeline_typo_names_the_key(tmp_path, where):
 
 
 def test_pipeline_refuses_a_key_it_sets(tmp_path):
-    from cft_rl.pipeline_recipe import Recipe, RecipeError
+    from cft_rl.pipeline.recipe import Recipe, RecipeError
 
     values = _load(RECIPES / MODEL / "pipeline.yaml")
     values["sft"]["strategy"] = "critical"

@@ -1,4 +1,4 @@
-"""cft_rl.render: highlight splitting, terminal text and the HTML page, on hand-made rows (no model)."""
+"""cft_rl.annotate.render: highlight splitting, terminal text and the HTML page, on hand-made rows (no model)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from cft_rl.render import (
+from cft_rl.annotate.render import (
     ANSI_CRITICAL,
     ANSI_RESET,
     highlight_segments,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cft_rl import rewards
 from cft_rl.answers import extract_answer, last_boxed_content
-from cft_rl.rewards import check, format_reward, get_reward_func, math_reward, verify, verify_batch
+from cft_rl.verify import verifier as rewards
+from cft_rl.verify.verifier import check, format_reward, get_reward_func, math_reward, verify, verify_batch
 
 TIMEOUT = 1.0
 BOUND = TIMEOUT + 1.0  # the promise: any call returns within timeout + 1 s
@@ -221,12 +221,12 @@ def test_format_reward():
 def test_reward_registry():
     assert get_reward_func("math_reward") is math_reward
     assert get_reward_func("format_reward") is format_reward
-    assert get_reward_func("cft_rl.rewards.verify") is verify
-    assert get_reward_func("cft_rl.rewards:verify") is verify
+    assert get_reward_func("cft_rl.verify.verifier.verify") is verify
+    assert get_reward_func("cft_rl.verify.verifier:verify") is verify
     with pytest.raises(ValueError, match="Registered: \\['format_reward', 'math_reward'\\]"):
         get_reward_func("math_rewrad")
     with pytest.raises(ValueError, match="Check the dotted path"):
-        get_reward_func("cft_rl.rewards.nope")
+        get_reward_func("cft_rl.verify.verifier.nope")
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cft_rl.annotate_core import encode_example
-from cft_rl.selection import (
+from cft_rl.annotate.rule import encode_example
+from cft_rl.sft.selection import (
     STRATEGIES,
     RowSelection,
     SelectionCounter,
@@ -19,7 +19,7 @@ from cft_rl.selection import (
     tokens_in_spans,
     validate_spans,
 )
-from cft_rl.sft import SelectiveSFTConfig
+from cft_rl.sft.trainer import SelectiveSFTConfig
 
 # "12+3=15": tokens "12", "+", "3", "=", "15", then eos (the empty span at the end).
 TEXT = "12+3=15"
@@ -165,7 +165,7 @@ def test_counter_reports_rows_that_select_nothing():
 
 @pytest.fixture(scope="module")
 def toy(toy_dir):
-    from cft_rl.toy import load_toy
+    from cft_rl.toy.build import load_toy
 
     model, tokenizer, data = load_toy(toy_dir)
     return model, tokenizer, data["train"].select(range(6))
@@ -248,8 +248,8 @@ def test_entropy_scoring_uses_the_base_model(toy):
 
 
 def test_annotator_output_trains_exactly_its_critical_tokens(toy_dir, tmp_path):
-    from cft_rl.annotate import AnnotateConfig, run_annotation
-    from cft_rl.toy_tokenizer import load_tokenizer
+    from cft_rl.annotate.job import AnnotateConfig, run_annotation
+    from cft_rl.toy.tokenizer import load_tokenizer
 
     config = AnnotateConfig(
         model=str(toy_dir),

@@ -14,14 +14,14 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 
 from cft_rl.cli import main as cli_main
 from cft_rl.cpu import QUIET_CPU_RUN
-from cft_rl.sft import (
+from cft_rl.sft.loss import SUM_KEYS, selection_metrics, selective_loss
+from cft_rl.sft.trainer import (
     SelectiveDataCollator,
     SelectiveSFTConfig,
     SelectiveSFTTrainer,
     load_sft_checkpoint,
     train_sft,
 )
-from cft_rl.sft_loss import SUM_KEYS, selection_metrics, selective_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 LN2 = math.log(2)
@@ -107,7 +107,7 @@ def test_collator_pads_the_weights_like_the_labels():
 
 @pytest.fixture(scope="module")
 def toy(toy_dir):
-    from cft_rl.toy import load_toy
+    from cft_rl.toy.build import load_toy
 
     return load_toy(toy_dir)
 

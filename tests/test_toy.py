@@ -6,9 +6,8 @@ import re
 import pytest
 import torch
 
-from cft_rl.rewards import verify_batch
-from cft_rl.toy import MANIFEST, ToyBuildConfig, build_toy, is_built, load_toy
-from cft_rl.toy_task import (
+from cft_rl.toy.build import MANIFEST, ToyBuildConfig, build_toy, is_built, load_toy
+from cft_rl.toy.task import (
     ToyTaskConfig,
     generate_problem,
     generate_splits,
@@ -17,6 +16,7 @@ from cft_rl.toy_task import (
     split_of,
     to_records,
 )
+from cft_rl.verify.verifier import verify_batch
 
 SIZES = {"pretrain": 300, "train": 100, "validation": 30, "test": 60}
 EQUATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)")
@@ -106,7 +106,7 @@ def test_bad_settings_name_the_field():
 def test_tiny_world_builds_loads_and_generates(toy_dir, toy_config):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cft_rl.evaluation import generate
+    from cft_rl.eval.sampling import generate
 
     assert is_built(toy_dir, toy_config)
     model = AutoModelForCausalLM.from_pretrained(toy_dir)

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config
 from trl.chat_template_utils import has_generation_markers, is_chat_template_stop_token_trained
 
-from cft_rl.toy_tokenizer import (
+from cft_rl.toy.tokenizer import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
     PAD_TOKEN,

@@ -1,0 +1,63 @@
+"""Loading what annotates: the model (transformers on this worker's GPU, or vLLM) and its backend.
+
+Kept apart from :mod:`cft_rl.annotate.job` (the job) because these are the heavy, device-facing imports.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cft_rl.annotate.job import AnnotateConfig
+
+
+@dataclass
+class Judge:
+    """What annotates: the model (None under vLLM), its tokenizer, a generator for the self
+    solutions, and the fast engine's backend (None: the engine's own transformers backend)."""
+
+    model: object
+    tokenizer: object
+    generator: object
+    backend: object = None
+
+
+def load_model(name: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cft_rl.sft.trainer import load_checkpoint_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    if torch.cuda.is_available():  # each launcher worker on its own GPU, not all on cuda:0
+        model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return model.eval(), load_checkpoint_tokenizer(name)
+
+
+def load_judge(config: AnnotateConfig) -> Judge:
+    from cft_rl.eval.sampling import HFGenerator, VLLMGenerator
+
+    if config.backend == "hf":
+        model, tokenizer = load_model(config.model)
+        # One prompt per call: batched greedy decoding pads, and padding can change the argmax,
+        # which would make the output depend on how rows were sharded.
+        return Judge(model, tokenizer, HFGenerator(model, tokenizer, batch_size=1))
+    from vllm import LLM
+
+    from cft_rl.annotate.engine import VLLMBackend
+    from cft_rl.sft.trainer import load_checkpoint_tokenizer
+
+    tokenizer = load_checkpoint_tokenizer(config.model)
+    # Under a launcher each worker sees only its own GPU's share; prefix caching makes the many
+    # continuations of one solution reuse its prefix.
+    llm = LLM(
+        model=config.model,
+        enable_prefix_caching=True,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        seed=config.seed,
+    )
+    return Judge(
+        None, tokenizer, VLLMGenerator(llm, tokenizer), VLLMBackend(llm, tokenizer, config.batch_size)
+    )

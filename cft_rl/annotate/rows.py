@@ -1,0 +1,117 @@
+"""One annotation job's rows: which solution each gets, why a row is skipped, the record written.
+
+:mod:`cft_rl.annotate.job` runs the job (shards, resume, merge); this module turns the rows of one shard
+into output records, handing the usable ones to the engine (:func:`cft_rl.annotate.engine.annotate_many`
+or the reference) and reporting the others with their skip reason.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cft_rl.annotate.job import AnnotateConfig
+    from cft_rl.annotate.judge import Judge
+
+
+def _solution(config: AnnotateConfig, judge: Judge, row: dict) -> tuple[str | None, str | None]:
+    """``(solution, None)`` to annotate, or ``(None, skip reason)``."""
+    from cft_rl.verify.verifier import check
+
+    gold = (row["answer"] or "").strip()
+    # A gold that cannot verify against itself can never mark a continuation correct: every token
+    # would come out critical.
+    if not gold or check("\\boxed{" + gold + "}", gold).score != 1.0:
+        return None, "bad_gold"
+    if config.source == "dataset":
+        solution = row.get("solution")
+        return (solution, None) if solution and solution.strip() else (None, "no_solution")
+    # One prompt per call: batched greedy decoding pads, and padding can change the argmax, which
+    # would make the output depend on how rows were sharded.
+    sample = judge.generator.generate([row["prompt"]], max_new_tokens=config.max_new_tokens, seed=config.seed)
+    solution = sample[0][0].text.strip()
+    if not solution:
+        return None, "empty_solution"
+    if check(solution, gold).score != 1.0:
+        return None, "wrong_self_solution"
+    return solution, None
+
+
+def prepare_row(config: AnnotateConfig, judge: Judge, row: dict, index: int) -> dict:
+    """``{"skipped": reason}`` (the row's output record), or ``{"solution": text}`` to annotate."""
+    from cft_rl.annotate.rule import encode_example
+
+    solution, reason = _solution(config, judge, row)
+    if reason is None:
+        try:
+            _, completion_ids, _ = encode_example(judge.tokenizer, row["prompt"], solution)
+        except ValueError:  # offsets would point at the wrong characters: no usable annotation
+            reason = "bad_tokenization"
+        else:
+            reason = "too_long" if len(completion_ids) - 1 > config.max_solution_tokens else None
+    if reason is not None:
+        return {"index": index, "id": row["id"], "skipped": reason}
+    return {"solution": solution}
+
+
+def annotated_record(row: dict, index: int, solution: str, anns) -> dict:
+    """The output record of an annotated row."""
+    from cft_rl.annotate.rule import critical_spans
+
+    return {
+        "index": index,
+        "id": row["id"],
+        "prompt": row["prompt"],
+        "question": row["question"],
+        "answer": row["answer"],
+        "solution": solution,
+        "critical_spans": [list(span) for span in critical_spans(anns, solution)],
+        "tokens": [a.token for a in anns],
+        "token_ids": [a.token_id for a in anns],
+        "critical": [a.critical for a in anns],
+        "alternatives": [a.alternatives for a in anns],
+        "alternative_answers": [a.alternative_answers for a in anns],
+        "token_char_spans": [[a.char_start, a.char_end] for a in anns],
+        "num_tokens": len(anns),
+        "num_critical": sum(a.critical for a in anns),
+    }
+
+
+def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
+    """Yield the output record of every row in ``rows`` (index -> row), skipped or annotated, each as
+    soon as it is done: the fast engine finishes rows out of order, decoding many at once."""
+    solutions: dict[int, str] = {}
+
+    def annotatable():  # skipped rows are reported as they are met; the others go to the engine
+        for index, row in rows.items():
+            prepared = prepare_row(config, judge, row, index)
+            if "skipped" in prepared:
+                skipped.append(prepared)
+                continue
+            solutions[index] = prepared["solution"]
+            yield index, row["prompt"], prepared["solution"], row["answer"]
+
+    skipped: list[dict] = []
+    if config.engine == "fast":
+        from cft_rl.annotate.engine import annotate_many
+
+        limits = (config.num_alternatives, config.max_continuation_tokens, config.batch_size)
+        done = annotate_many(
+            judge.model, judge.tokenizer, annotatable(), *limits, judge.backend, config.eager_alternatives
+        )
+    else:
+        from cft_rl.annotate.rule import annotate_reference as reference
+
+        limits = (config.num_alternatives, config.max_continuation_tokens)
+        done = (
+            (i, reference(judge.model, judge.tokenizer, p, s, g, *limits)) for i, p, s, g in annotatable()
+        )
+    for index, anns in done:
+        yield from _drain(skipped)
+        yield annotated_record(rows[index], index, solutions.pop(index), anns)
+    yield from _drain(skipped)
+
+
+def _drain(records: list[dict]):
+    while records:
+        yield records.pop(0)

@@ -1,0 +1,399 @@
+"""``cft-rl compare RUN_DIR...``: training curves of several runs, grouped by label, side by side.
+
+Input is any TRL run's ``trainer_state.json`` ``log_history`` (ours or plain TRL), found in the run
+folder or its latest ``checkpoint-*/``. Runs share a label (e.g. ``init=sft``, ``init=cft``) and each
+label may have several seeds. For every chosen metric the report shows each label's mean over seeds
+with a min-max (or 95% CI) band, and a table of final, peak and area-under-curve values per label.
+It flags entropy collapse, and can fit R = -a exp(H) + b (arXiv 2505.22617) to each label to show the
+reward ceiling the entropy implies (R at H = 0: b - a).
+
+Imperfect runs are the norm: a run missing a metric is plotted where it has data and the report says
+so; runs logging at different steps are aligned on the step axis (interpolated onto the union of the
+label's steps, never extrapolated beyond a run's own first and last step). Plotting and HTML are in
+:mod:`cft_rl.compare.report`; this module is data only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Metrics compared when none are named (patterns; those matching no run are left out quietly).
+DEFAULT_METRICS = (
+    "entropy",
+    "reward",
+    "explore/pass@*",
+    "probe/pass@*",
+    "probe/maj@*",
+    "probe/entropy",
+    "probe/distinct_answers",
+    "entropy/numeric",
+    "entropy/word",
+    "entropy/format",
+)
+# Two-sided 95% Student t quantiles by degrees of freedom (no scipy); 1.96 beyond the table.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145)
+
+
+@dataclass
+class Run:
+    """One training run: its folder, its label, the trainer_state.json read and its log history."""
+
+    path: Path
+    label: str
+    source: Path
+    history: list[dict] = field(repr=False)
+
+    def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of ``metric``, sorted by step; the last entry of a step wins, NaNs dropped."""
+        by_step: dict[int, float] = {}
+        for entry in self.history:
+            value, step = entry.get(metric), entry.get("step")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and math.isfinite(value) and isinstance(step, int | float):
+                by_step[int(step)] = float(value)
+        steps = np.array(sorted(by_step), dtype=float)
+        return steps, np.array([by_step[int(s)] for s in steps], dtype=float)
+
+    def metrics(self) -> set[str]:
+        return {k for e in self.history for k, v in e.items() if isinstance(v, int | float) and k != "step"}
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def find_trainer_state(run_dir: str | Path) -> Path:
+    """The most advanced trainer_state.json of a run: its own, or its latest checkpoint's.
+
+    TRL writes one into every ``checkpoint-N/`` and (``trainer.save_state()``) into the run folder; a
+    run that was cut off has only checkpoints. The one with the highest ``global_step`` wins.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run dir {run_dir} does not exist: pass the output_dir of a TRL run")
+    candidates = [run_dir / "trainer_state.json", *run_dir.glob("checkpoint-*/trainer_state.json")]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        raise FileNotFoundError(
+            f"{run_dir} holds no trainer_state.json (looked in it and in its checkpoint-*/ folders). "
+            "Pass a TRL run's output_dir; TRL writes the file at each checkpoint and with trainer.save_state()."
+        )
+    return max(found, key=lambda p: (_read_state(p).get("global_step") or 0, p.parent == run_dir))
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not readable JSON ({exc}); is the run still writing it?") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
+        raise ValueError(f"{path} has no log_history list: is it a TRL trainer_state.json?")
+    return state
+
+
+def default_label(run_dir: str | Path) -> str:
+    """The run folder's name without its seed (``cft-seed1`` -> ``cft``; ``init=cft/seed=0`` -> ``init=cft``)."""
+    path = Path(run_dir).resolve()
+    seed = re.compile(r"[-_.]?seed[-_=]?\d+$", re.IGNORECASE)
+    name = seed.sub("", path.name)
+    return name or seed.sub("", path.parent.name) or path.parent.name
+
+
+def load_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[Run]:
+    """Every run, with its label (given, or :func:`default_label`)."""
+    if not run_dirs:
+        raise ValueError("name at least one run dir: cft-rl compare RUN_DIR [RUN_DIR ...]")
+    if labels and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} run dirs: give one label per run dir")
+    runs = []
+    for i, run_dir in enumerate(run_dirs):
+        source = find_trainer_state(run_dir)
+        label = labels[i] if labels else default_label(run_dir)
+        runs.append(Run(Path(run_dir), label, source, _read_state(source)["log_history"]))
+    return runs
+
+
+def select_metrics(runs: Sequence[Run], patterns: Sequence[str] | None) -> list[str]:
+    """The metrics matching ``patterns`` (fnmatch globs) in any run, in pattern order.
+
+    Named patterns must each match something: a typo is an error listing what the runs do log. The
+    default patterns only pick what is there.
+    """
+    available = sorted(set().union(*(r.metrics() for r in runs)))
+    chosen: list[str] = []
+    for pattern in patterns or DEFAULT_METRICS:
+        hits = sorted(fnmatch.filter(available, pattern), key=_natural)
+        if not hits and patterns:
+            raise ValueError(
+                f"no run logs a metric matching {pattern!r}; the runs log: {', '.join(available)}"
+            )
+        chosen += [h for h in hits if h not in chosen]
+    if not chosen:
+        raise ValueError(f"none of the default metrics is logged; pick some with --metrics from: {available}")
+    return chosen
+
+
+def _natural(name: str) -> list:
+    """pass@2 before pass@16: digits compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+# --- curves and their statistics -------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """One label's aggregate of one metric: mean and band on a step grid, and the seeds' own series."""
+
+    label: str
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    seeds: list[tuple[np.ndarray, np.ndarray]]
+
+
+def aggregate(label: str, seeds: list[tuple[np.ndarray, np.ndarray]], band: str = "minmax") -> Curve:
+    """Mean over seeds on the union of their steps, with a ``band``: "minmax", "ci" (95%, t) or "none".
+
+    Each seed is linearly interpolated onto the grid within its own step range and absent outside it,
+    so seeds logging every 5 and every 10 steps align, and a seed that stopped early drops out of the
+    mean after its last step instead of being extrapolated.
+    """
+    if band not in ("minmax", "ci", "none"):
+        raise ValueError(f"band must be minmax, ci or none; got {band!r}")
+    seeds = [(s, v) for s, v in seeds if len(s)]
+    grid = np.unique(np.concatenate([s for s, _ in seeds])) if seeds else np.array([])
+    table = np.full((len(seeds), len(grid)), np.nan)
+    for i, (s, v) in enumerate(seeds):
+        inside = (grid >= s[0]) & (grid <= s[-1])
+        table[i, inside] = np.interp(grid[inside], s, v)
+    count = (~np.isnan(table)).sum(0)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(table, 0) if seeds else grid
+        if band == "minmax":
+            low, high = np.nanmin(table, 0), np.nanmax(table, 0)
+        elif band == "ci":
+            t = np.array([_T95[c - 2] if 2 <= c <= len(_T95) + 1 else 1.96 for c in count])
+            half = t * np.nanstd(table, 0, ddof=1) / np.sqrt(np.maximum(count, 1))
+            low, high = np.where(count > 1, mean - half, np.nan), np.where(count > 1, mean + half, np.nan)
+        else:
+            low = high = np.full(len(grid), np.nan)
+    return Curve(label, grid, mean, low, high, seeds)
+
+
+def curve_stats(steps: np.ndarray, values: np.ndarray) -> dict[str, float]:
+    """final (last logged value), peak (max) and AUC: the trapezoid area over the logged steps divided
+    by their span, i.e. the step-weighted mean (comparable between runs of different lengths)."""
+    span = steps[-1] - steps[0]
+    area = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps)))
+    return {
+        "final": float(values[-1]),
+        "peak": float(values.max()),
+        "auc": area / span if span else float(values[0]),
+    }
+
+
+def label_stats(curve: Curve) -> dict[str, float]:
+    """:func:`curve_stats` of each seed, averaged over the label's seeds."""
+    per_seed = [curve_stats(s, v) for s, v in curve.seeds]
+    return {k: float(np.mean([p[k] for p in per_seed])) for k in ("final", "peak", "auc")} | {
+        "seeds": len(per_seed)
+    }
+
+
+def entropy_collapse(steps: np.ndarray, values: np.ndarray, fraction: float) -> float | None:
+    """The first step where ``values`` falls below ``fraction`` of its first value; None if never."""
+    if not len(values) or values[0] <= 0:
+        return None
+    below = np.nonzero(values < fraction * values[0])[0]
+    return float(steps[below[0]]) if len(below) else None
+
+
+def fit_entropy_reward(entropy: Sequence[float], reward: Sequence[float]) -> dict[str, float] | None:
+    """Least-squares fit of R = -a exp(H) + b (linear in exp(H) and 1); None with under 3 usable points.
+
+    Returns a, b, the implied ceiling b - a (R at H = 0: no entropy left to trade), R² and the count.
+    """
+    h, r = np.asarray(entropy, float), np.asarray(reward, float)
+    if len(h) < 3 or np.ptp(np.exp(h)) == 0:
+        return None
+    x = np.stack([np.exp(h), np.ones_like(h)], axis=1)
+    (slope, b), *_ = np.linalg.lstsq(x, r, rcond=None)
+    residual = float(np.sum((r - x @ np.array([slope, b])) ** 2))
+    total = float(np.sum((r - r.mean()) ** 2))
+    return {
+        "a": float(-slope),
+        "b": float(b),
+        "ceiling": float(b + slope),
+        "r2": 1 - residual / total if total else 1.0,
+        "points": len(h),
+    }
+
+
+# --- the comparison --------------------------------------------------------------------------------
+
+
+@dataclass
+class CompareConfig:
+    """Settings of ``cft-rl compare``.
+
+    Parameters:
+        runs: run folders. labels: one per run (default: the folder name without its seed).
+        metrics: fnmatch patterns of the metrics to compare (default :data:`DEFAULT_METRICS`).
+        out: report folder (figures/, report.html, report.md, report.json).
+        band: "minmax", "ci" or "none" around each label's mean over seeds.
+        collapse_metric / collapse_fraction: a run's entropy has collapsed when this metric falls
+            below this fraction of its first logged value.
+        fit: fit R = -a exp(H) + b per label on (entropy_metric, reward_metric) pairs of the same step.
+    """
+
+    runs: list[str]
+    labels: list[str] | None = None
+    metrics: list[str] | None = None
+    out: str = "outputs/compare"
+    band: str = "minmax"
+    collapse_metric: str = "entropy"
+    collapse_fraction: float = 0.5
+    fit: bool = False
+    entropy_metric: str = "entropy"
+    reward_metric: str = "reward"
+
+    def __post_init__(self):
+        if not 0 < self.collapse_fraction < 1:
+            raise ValueError(f"collapse_fraction must lie in (0, 1); got {self.collapse_fraction}")
+
+
+@dataclass
+class Report:
+    """Everything the report files show; plain data, so tests can check it without reading files."""
+
+    runs: list[Run]
+    metrics: list[str]
+    curves: dict[str, list[Curve]]  # metric -> one curve per label that has it
+    stats: dict[str, dict[str, dict]]  # metric -> label -> final/peak/auc/seeds
+    collapse: list[dict]  # one row per run that logs collapse_metric
+    fits: dict[str, dict | None]  # label -> fit (None: too few points); empty without --fit
+    notes: list[str]
+
+
+def _by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return groups
+
+
+def _paired(run: Run, x_metric: str, y_metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values of two metrics at the steps where a run logged both."""
+    xs, x = run.series(x_metric)
+    ys, y = run.series(y_metric)
+    common, ix, iy = np.intersect1d(xs, ys, return_indices=True)
+    return x[ix], y[iy]
+
+
+def build_report(config: CompareConfig) -> Report:
+    """Load the runs and compute every curve, statistic, flag and fit (no files written)."""
+    runs = load_runs(config.runs, config.labels)
+    metrics = select_metrics(runs, config.metrics)
+    groups = _by_label(runs)
+    curves, stats, notes = {}, {}, []
+    for metric in metrics:
+        missing = [str(r.path) for r in runs if not len(r.series(metric)[0])]
+        if missing:
+            notes.append(f"`{metric}` is missing in {', '.join(missing)}: plotted from the other runs")
+        curves[metric] = [
+            aggregate(label, seeds, config.band)
+            for label, members in groups.items()
+            if (seeds := [s for s in (r.series(metric) for r in members) if len(s[0])])
+        ]
+        stats[metric] = {c.label: label_stats(c) for c in curves[metric]}
+    collapse = []
+    for run in runs:
+        steps, values = run.series(config.collapse_metric)
+        if len(values):
+            at = entropy_collapse(steps, values, config.collapse_fraction)
+            collapse.append(
+                {
+                    "run": str(run.path),
+                    "label": run.label,
+                    "start": float(values[0]),
+                    "min": float(values.min()),
+                    "step": at,
+                }
+            )
+        else:
+            notes.append(f"{run.path} logs no `{config.collapse_metric}`: entropy collapse not checked")
+    fits = {}
+    if config.fit:
+        for label, members in groups.items():
+            pairs = [_paired(r, config.entropy_metric, config.reward_metric) for r in members]
+            fits[label] = fit_entropy_reward(
+                np.concatenate([h for h, _ in pairs]), np.concatenate([r for _, r in pairs])
+            )
+            if fits[label] is not None and fits[label]["r2"] < 0.5:
+                notes.append(
+                    f"{label}: the fit explains little (R² {fits[label]['r2']:.2f}); its ceiling means little"
+                )
+            if fits[label] is None:
+                notes.append(
+                    f"{label}: fewer than 3 steps log both `{config.entropy_metric}` and "
+                    f"`{config.reward_metric}` (or the entropy never changes): no fit"
+                )
+    return Report(runs, metrics, curves, stats, collapse, fits, notes)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="TRL output_dirs (trainer_state.json inside)")
+    p.add_argument(
+        "--labels", nargs="+", default=None, help="one label per run (default: dir name minus seed)"
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="metric names or globs (default: entropy, reward, pass@k, probe/*, entropy by class)",
+    )
+    p.add_argument("--out", default="outputs/compare", help="report folder")
+    p.add_argument(
+        "--band", choices=("minmax", "ci", "none"), default="minmax", help="band around the seed mean"
+    )
+    p.add_argument("--collapse-metric", default="entropy")
+    p.add_argument("--collapse-fraction", type=float, default=0.5, help="collapse: below this x the start")
+    p.add_argument("--fit", action="store_true", help="fit R = -a exp(H) + b per label")
+    p.add_argument("--entropy-metric", default="entropy")
+    p.add_argument("--reward-metric", default="reward")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    config = CompareConfig(**{k: v for k, v in vars(args).items() if k in CompareConfig.__dataclass_fields__})
+    from cft_rl.compare.report import report_markdown, write_report
+
+    report = build_report(config)
+    out = write_report(report, config)
+    print(report_markdown(report, config))
+    print(f"wrote {out}/report.html, report.md, report.json and figures/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cft-rl compare", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

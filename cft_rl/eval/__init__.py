@@ -1,0 +1,1 @@
+"""Offline evaluation: batched sampling, the `cft-rl eval` job and its result tables."""

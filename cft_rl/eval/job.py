@@ -1,0 +1,357 @@
+"""``cft-rl eval``: a checkpoint on math benchmarks, one JSON summary and one parquet file per benchmark.
+
+For each benchmark the job generates greedily (accuracy, with a 95% Wilson interval) and, with
+``num_samples`` > 0, n samples per question at ``temperature`` (pass@k by the unbiased estimator, maj@k,
+distinct answers and answer entropy per question, mean token entropy). Prompts are the training
+template (:func:`cft_rl.data.datasets.build_prompt`) and grading is the training verifier
+(:func:`cft_rl.verify.verifier.check_batch`), so an evaluation number means what the reward meant.
+
+Outputs in ``out``: ``<benchmark>.parquet`` (one row per completion: prompt, completion, extracted
+answer, verdict), ``<benchmark>.json`` (the summary; written last, so it marks the benchmark as done),
+``summary.json`` (all of them) and, for ``--suite paper``, ``paper_table.md``. Files are written to a
+temporary name and renamed, so a killed job leaves no half-file, and a rerun skips every benchmark
+whose summary exists with the same settings: a long job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cft_rl.data.benchmarks import BENCHMARKS, PAPER_SUITE
+
+# torch, transformers and datasets are imported inside the functions that need them: the CLI builds
+# this module's parser for every command, and `cft-rl --help` must stay instant.
+
+logger = logging.getLogger(__name__)
+
+SUITES = {"paper": PAPER_SUITE, "all": tuple(b for b in BENCHMARKS if b != "gsm8k_train")}
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation job.
+
+    Parameters:
+        model: checkpoint folder (full weights or a LoRA adapter) or Hub id.
+        benchmarks: benchmark names (:data:`cft_rl.data.datasets.BENCHMARKS`), a toy build folder (its test
+            split), or any dataset :func:`cft_rl.data.datasets.load_math_dataset` reads (path or Hub id).
+        suite: "paper" (the CFT paper's eleven benchmarks) or "all"; added to ``benchmarks``.
+        out: output folder. split: the split of dataset folders and Hub ids (benchmarks have one).
+        limit: first this many questions per benchmark (None: all).
+        greedy: run greedy decoding (accuracy). num_samples: samples per question at ``temperature``
+            (0: no sampling). ks / maj_ks: pass@k and maj@k ks (default: powers of two up to n; n).
+        max_new_tokens, batch_size (prompts per generation call), seed: generation settings.
+        backend: "hf" (transformers) or "vllm"; vllm_gpu_memory_utilization: vLLM's GPU share.
+        data_root: the benchmark files' folder.
+        overwrite: rerun benchmarks already finished with the same settings.
+    """
+
+    model: str
+    benchmarks: list[str] = field(default_factory=list)
+    suite: str | None = None
+    out: str = "outputs/eval"
+    split: str = "test"
+    limit: int | None = None
+    greedy: bool = True
+    num_samples: int = 0
+    temperature: float = 1.0
+    ks: tuple[int, ...] | None = None
+    maj_ks: tuple[int, ...] | None = None
+    max_new_tokens: int = 1024
+    batch_size: int = 32
+    seed: int = 0
+    backend: str = "hf"
+    vllm_gpu_memory_utilization: float = 0.9
+    data_root: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.suite is not None and self.suite not in SUITES:
+            raise ValueError(f"unknown suite {self.suite!r}; use one of {sorted(SUITES)}")
+        names = [*self.benchmarks, *(SUITES[self.suite] if self.suite else ())]
+        self.benchmarks = list(dict.fromkeys(names))  # suite members once, in order
+        if not self.benchmarks:
+            raise ValueError(
+                "nothing to evaluate: name benchmarks (e.g. gsm8k_test, a toy folder) or --suite"
+            )
+        if self.backend not in ("hf", "vllm"):
+            raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
+        if not self.greedy and self.num_samples < 1:
+            raise ValueError("greedy is off and num_samples is 0: set --num-samples N or keep greedy")
+        n = self.num_samples
+        if n:
+            self.ks = tuple(self.ks or sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}))
+            self.maj_ks = tuple(self.maj_ks or (n,))
+            for name, ks in (("ks", self.ks), ("maj_ks", self.maj_ks)):
+                if any(not 1 <= k <= n for k in ks):
+                    raise ValueError(f"{name} {list(ks)}: every k must lie in 1..num_samples ({n})")
+
+    def settings(self) -> dict:
+        """What decides a benchmark's results: a finished benchmark is reused only if these match."""
+        skip = {"benchmarks", "suite", "out", "batch_size", "data_root", "overwrite", "progress"}
+        skip |= {"vllm_gpu_memory_utilization"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip} | {
+            "ks": list(self.ks or ()),
+            "maj_ks": list(self.maj_ks or ()),
+        }
+
+
+# --- data and model --------------------------------------------------------------------------------
+
+
+def _toy_data(path: Path) -> Path | None:
+    """The data folder of a toy build (given the build folder or its data folder), else None."""
+    for folder in (path, path.parent):
+        if (folder / "toy_manifest.json").is_file() and (folder / "data").is_dir():
+            return folder / "data"
+    return None
+
+
+def load_eval_dataset(spec: str, config: EvalConfig):
+    """``(label, dataset)`` of one benchmark spec; the label names its output files."""
+    from cft_rl.data.datasets import DataError, load_math_dataset
+
+    path = Path(spec).expanduser()
+    if spec in BENCHMARKS:
+        return spec, load_math_dataset(spec, data_root=config.data_root, limit=config.limit)
+    if (toy := _toy_data(path)) is not None:
+        return f"toy-{config.split}", load_math_dataset(toy, split=config.split, limit=config.limit)
+    if not path.exists() and "/" not in spec:
+        raise DataError(
+            f"unknown benchmark {spec!r}; valid names: {', '.join(BENCHMARKS)}. "
+            "Or pass a toy build folder, a dataset file/folder, or a Hub id (owner/name)."
+        )
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name if path.exists() else spec).strip("_") or "dataset"
+    return f"{label}-{config.split}", load_math_dataset(spec, split=config.split, limit=config.limit)
+
+
+def load_model(name: str, device: str | None = None):
+    """``(model, tokenizer)`` of a checkpoint folder (full or LoRA, via the SFT loader) or a Hub id,
+    on ``device`` (default: the GPU if there is one)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cft_rl.sft.trainer import load_checkpoint_tokenizer, load_sft_checkpoint
+
+    tokenizer = load_checkpoint_tokenizer(name)
+    path = Path(name).expanduser()
+    model = load_sft_checkpoint(path) if path.is_dir() else AutoModelForCausalLM.from_pretrained(name)
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
+
+
+def make_backend(config: EvalConfig):
+    """The generation backend the config names, with its model loaded."""
+    from cft_rl.eval.sampling import HFGenerator, VLLMGenerator
+
+    if config.backend == "hf":
+        model, tokenizer = load_model(config.model)
+        return HFGenerator(model, tokenizer, config.batch_size)
+    from vllm import LLM
+
+    # vLLM loads the weights itself, so transformers keeps off the GPU: a LoRA adapter is merged on
+    # the CPU into a folder vLLM can read, and a full model goes to vLLM as it is.
+    from cft_rl.sft.trainer import load_checkpoint_tokenizer
+
+    source, tokenizer = config.model, load_checkpoint_tokenizer(config.model)
+    if (Path(config.model) / "adapter_config.json").is_file():
+        source = str(Path(config.out) / "merged_model")
+        load_model(config.model, device="cpu")[0].save_pretrained(source)
+        tokenizer.save_pretrained(source)
+    llm = LLM(model=source, seed=config.seed, gpu_memory_utilization=config.vllm_gpu_memory_utilization)
+    return VLLMGenerator(llm, tokenizer)
+
+
+# --- one benchmark ---------------------------------------------------------------------------------
+
+
+def _rows(label, dataset, prompts, mode, groups, verdicts) -> list[dict]:
+    rows = []
+    for record, prompt, group, vs in zip(dataset, prompts, groups, verdicts, strict=True):
+        for i, (sample, verdict) in enumerate(zip(group, vs, strict=True)):
+            ents = sample.entropies
+            rows.append(
+                {
+                    "benchmark": label,
+                    "id": record["id"],
+                    "mode": mode,
+                    "sample": i,
+                    "prompt": prompt,
+                    "gold": record["answer"],
+                    "completion": sample.text,
+                    "extracted": verdict.extracted,
+                    "status": verdict.status,
+                    "correct": verdict.score == 1.0,
+                    "num_tokens": sample.num_tokens,
+                    "mean_entropy": sum(ents) / len(ents) if ents else None,
+                }
+            )
+    return rows
+
+
+def evaluate_dataset(backend, label: str, dataset, config: EvalConfig) -> tuple[dict, list[dict]]:
+    """Summary and per-sample rows of one benchmark (greedy and/or sampled, as configured)."""
+    from cft_rl.eval.sampling import render_prompts, score_groups
+
+    prompts = render_prompts(backend.tokenizer, dataset["prompt"])
+    golds = dataset["answer"]
+    summary: dict = {"benchmark": label, "num_questions": len(dataset), "settings": config.settings()}
+    rows: list[dict] = []
+    runs = [("greedy", 1, 0.0, (1,), ())] if config.greedy else []
+    if config.num_samples:
+        runs.append(("sampled", config.num_samples, config.temperature, config.ks, config.maj_ks))
+    for mode, n, temperature, ks, maj_ks in runs:
+        groups = backend.generate(
+            prompts,
+            n=n,
+            temperature=temperature,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+            progress=config.progress,
+        )
+        summary[mode], verdicts = score_groups(groups, golds, ks, maj_ks)
+        rows += _rows(label, dataset, prompts, mode, groups, verdicts)
+    headline = summary["greedy" if config.greedy else "sampled"]
+    summary["accuracy"] = headline.get("accuracy", 0.0)
+    summary["accuracy_ci95"] = headline.get("accuracy_ci95", [0.0, 1.0])
+    return summary, rows
+
+
+# --- outputs, resuming, the job --------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename: a killed job never leaves a half-written file under ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    _write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n"))
+
+
+def write_parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write_atomic(path, lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
+
+
+def finished_summary(out: Path, label: str, config: EvalConfig) -> dict | None:
+    """The saved summary of ``label`` if it is complete and was made with the same settings."""
+    path, samples = out / f"{label}.json", out / f"{label}.parquet"
+    if config.overwrite or not (path.is_file() and samples.is_file()):
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("settings") != json.loads(json.dumps(config.settings())):  # tuples -> lists
+        logger.warning("%s was evaluated with other settings; evaluating again", path)
+        return None
+    return summary
+
+
+def run_eval(config: EvalConfig, backend=None) -> dict[str, dict]:
+    """Evaluate every benchmark of ``config``; returns {label: summary}. ``backend``: reuse one (tests).
+
+    Datasets are loaded (and bad names rejected) before the model, so a typo fails in a second.
+    """
+    import contextlib
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from cft_rl.cpu import cpu_float_math
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = [load_eval_dataset(spec, config) for spec in config.benchmarks]
+    results: dict[str, dict] = {}
+    todo = []
+    for label, dataset in datasets:
+        done = finished_summary(out, label, config)
+        if done is not None:
+            logger.info("%s: already evaluated, skipped (pass overwrite to redo)", label)
+            results[label] = done
+        else:
+            todo.append((label, dataset))
+    if todo:
+        backend = backend or make_backend(config)
+        device = getattr(getattr(backend, "model", None), "device", None)
+        on_cpu = getattr(device, "type", None) == "cpu"
+        with cpu_float_math() if on_cpu else contextlib.nullcontext(), torch.inference_mode():
+            for label, dataset in tqdm(todo, desc="benchmarks", disable=not config.progress):
+                summary, rows = evaluate_dataset(backend, label, dataset, config)
+                write_parquet(out / f"{label}.parquet", rows)
+                write_json(out / f"{label}.json", summary)  # last: its presence marks the benchmark done
+                results[label] = summary
+    ordered = {label: results[label] for label, _ in datasets}
+    write_json(out / "summary.json", {"model": config.model, "benchmarks": ordered})
+    return ordered
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="checkpoint folder (full or LoRA) or Hub id")
+    p.add_argument("benchmarks", nargs="*", help="benchmark names, toy build folders or dataset paths")
+    p.add_argument("--suite", choices=sorted(SUITES), default=None, help="paper: the CFT paper's 11 sets")
+    p.add_argument("--out", default="outputs/eval", help="output folder (reruns resume in it)")
+    p.add_argument("--split", default="test", help="split of dataset folders and Hub ids")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
+    p.add_argument("--no-greedy", dest="greedy", action="store_false", help="sampled metrics only")
+    p.add_argument("--num-samples", type=int, default=0, help="samples per question for pass@k/maj@k")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--ks", type=int, nargs="+", default=None, help="pass@k ks (default 1,2,4..n)")
+    p.add_argument("--maj-ks", type=int, nargs="+", default=None, help="maj@k ks (default n)")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per generation call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    p.add_argument("--data-root", default=None, help="benchmark files (default ../shared/data)")
+    p.add_argument("--overwrite", action="store_true", help="redo benchmarks already finished")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--table", nargs="+", metavar="EVAL_DIR", help="print the paper table of finished evals")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from cft_rl.eval.tables import load_results, paper_table, results_table
+
+    if args.table:  # `cft-rl eval --table DIR...`: the positional words are folders too
+        folders = [*args.table, *([args.model] if args.model else []), *args.benchmarks]
+        print(paper_table({f"{m} ({f})": r for f in folders for m, r in [load_results(f)]}))
+        return 0
+    if not args.model:
+        raise ValueError("name the model to evaluate: cft-rl eval MODEL BENCHMARK... (or --suite paper)")
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    config = EvalConfig(
+        **{**values, "ks": args.ks and tuple(args.ks), "maj_ks": args.maj_ks and tuple(args.maj_ks)}
+    )
+    results = run_eval(config)
+    print(results_table(results))
+    if config.suite == "paper":
+        table = paper_table({config.model: results})
+        (Path(config.out) / "paper_table.md").write_text(table + "\n")
+        print("\n" + table)
+    print(f"\nwrote {config.out}/summary.json and a .json/.parquet pair per benchmark")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cft-rl eval", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

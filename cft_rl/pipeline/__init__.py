@@ -1,0 +1,1 @@
+"""`cft-rl pipeline`: the recipe of the whole experiment, and its resumable run."""

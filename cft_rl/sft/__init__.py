@@ -1,0 +1,1 @@
+"""Token-selective SFT: the selection strategies, the selective loss and the trainer."""

@@ -1,0 +1,425 @@
+"""Token-selective SFT on TRL: CFT, SFTKey, numeric-only, DFT and the controls, with LoRA.
+
+The warm-start stage. Each strategy of :mod:`cft_rl.sft.selection` picks the completion tokens that carry
+the SFT loss; everything else is TRL's ``SFTTrainer``, hooked at its narrowest points:
+
+- **data**: rows are tokenised exactly as the annotator tokenised them
+  (:func:`cft_rl.annotate.rule.encode_example`: chat-rendered prompt, then ``solution + eos``), so an
+  annotated position is a trained position. Each prepared row holds ``input_ids``, ``labels`` (the
+  token id where selected, -100 elsewhere), ``completion_mask`` and ``loss_weights``. Rows that select
+  no token are dropped and reported (``selection.json``, the log), never trained as zero.
+- **collator**: TRL's own, re-typed to :class:`SelectiveDataCollator`, which pads the two extra columns.
+- **loss**: :meth:`SelectiveSFTTrainer.compute_loss` runs TRL's ``compute_loss`` with the labels
+  widened to the whole completion (its fused log-prob head then scores every completion token, and
+  its metrics ``entropy``/``mean_token_accuracy`` cover the completion), keeps the per-token
+  log-probabilities, and returns the selective loss of :mod:`cft_rl.sft.loss` in place of TRL's.
+
+Normalisation. ``labels`` hold the *selected* tokens, so ``Trainer`` counts ``num_items_in_batch``
+over the selected tokens of the whole gradient-accumulation window and, with
+``average_tokens_across_devices`` (the default), of every device. The loss is the sum over this
+micro-batch's selected tokens divided by that count, times the number of processes (DDP averages
+gradients): the paper's Eq. 8 mean over selected tokens, identical for any split of the batch across
+steps and devices. With ``strategy="full"`` the selected tokens are TRL's completion labels and the
+loss is TRL's, term for term.
+
+Metrics, logged next to TRL's: ``selected/fraction``, ``selected/nll``, ``selected/entropy`` and
+``completion/nll`` (the NLL of every completion token, evaluated, not trained).
+
+Checkpoints: ``output_dir`` holds the full model, or with ``use_peft`` the LoRA adapter
+(``adapter_config.json``); :func:`load_sft_checkpoint` loads either for the GRPO stage.
+
+Not supported (each refused with an error): packing, label smoothing, ``compute_loss_func``, MoE router
+auxiliary losses, context/sequence parallelism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+from trl.trainer.utils import pad
+
+from cft_rl.sft.loss import selection_metrics, selection_sums, selective_loss
+from cft_rl.sft.selection import STRATEGIES, SelectionError, check_strategy, prepare_dataset
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = ("sftkey",)
+CARRIED_COLUMNS = ("loss_weights", "completion_mask")
+
+
+@dataclass
+class SelectiveSFTConfig(SFTConfig):
+    """TRL's ``SFTConfig`` plus the token selection. Every other setting means what it means in TRL.
+
+    Parameters:
+        strategy: Which completion tokens carry the loss: ``full``, ``critical``, ``numeric``,
+            ``answer``, ``random``, ``entropy`` (see :mod:`cft_rl.sft.selection`), or the schedule ``sftkey``:
+            stage 1 ``full`` for the configured length, then stage 2 ``answer``.
+        solution_field: Column of the completion text (the annotator's ``solution``). Prompts are the
+            ``prompt`` column's chat messages.
+        spans_field: Column of ``[start, end)`` character spans of the critical tokens in the solution,
+            as ``cft-rl annotate`` writes them.
+        answer_delimiter: For ``answer``: None selects the last ``\\boxed{}`` content; a string (e.g.
+            ``"####"``) selects the rest of the line after its last occurrence.
+        selection_seed: Seed of the ``random`` control (the draw is seeded per row id).
+        selection_fraction: For ``random``/``entropy``: None matches each row's critical-token count
+            (needs annotations); a number in [0, 1] selects that fraction of each row's text tokens.
+        entropy_batch_size: Rows per forward pass when scoring entropies for ``entropy``.
+        sftkey_stage2_epochs: Length of the SFTKey answer stage, in epochs.
+        sftkey_stage2_max_steps: If > 0, length of the answer stage in steps (overrides the epochs).
+        sftkey_stage2_learning_rate: Learning rate of the answer stage; None: ``learning_rate``.
+
+    DFT (arXiv 2508.05629) is TRL's ``loss_type="dft"``; here it combines with any strategy. LoRA is
+    TRL's ``peft_config`` (``use_peft`` and ``lora_*`` of TRL's ``ModelConfig`` on the command line).
+    """
+
+    strategy: str = field(default="full", metadata={"help": f"One of {', '.join(STRATEGIES + SCHEDULES)}."})
+    solution_field: str = field(default="solution", metadata={"help": "Column of the completion text."})
+    spans_field: str = field(default="critical_spans", metadata={"help": "Column of critical char spans."})
+    answer_delimiter: str | None = field(
+        default=None, metadata={"help": "answer strategy: None for the last \\boxed{}, else e.g. '####'."}
+    )
+    selection_seed: int = field(default=0, metadata={"help": "Seed of the random control."})
+    selection_fraction: float | None = field(
+        default=None, metadata={"help": "random/entropy: fraction of text tokens; None matches critical."}
+    )
+    entropy_batch_size: int = field(default=16, metadata={"help": "Rows per entropy-scoring forward."})
+    sftkey_stage2_epochs: float = field(default=1.0, metadata={"help": "SFTKey answer stage, epochs."})
+    sftkey_stage2_max_steps: int = field(default=-1, metadata={"help": "SFTKey answer stage, steps (>0)."})
+    sftkey_stage2_learning_rate: float | None = field(
+        default=None, metadata={"help": "SFTKey answer stage learning rate; None: learning_rate."}
+    )
+
+    def __post_init__(self):
+        check_strategy(self.strategy, STRATEGIES + SCHEDULES)
+        if self.selection_fraction is not None and not 0 <= self.selection_fraction <= 1:
+            raise SelectionError(f"selection_fraction must be in [0, 1]; got {self.selection_fraction}")
+        if self.packing:
+            raise SelectionError(
+                "packing is not supported: it would drop the per-token weights; set packing=False"
+            )
+        if self.entropy_batch_size < 1:
+            raise SelectionError(f"entropy_batch_size must be at least 1; got {self.entropy_batch_size}")
+        super().__post_init__()
+
+
+# --- collator and trainer --------------------------------------------------------------------------
+
+
+@dataclass
+class SelectiveDataCollator(DataCollatorForLanguageModeling):
+    """TRL's language-modeling collator that also pads ``loss_weights`` and ``completion_mask``."""
+
+    def torch_call(self, examples: list[dict]) -> dict:
+        batch = super().torch_call(examples)
+        for key, dtype in (("loss_weights", torch.float32), ("completion_mask", torch.bool)):
+            rows = [torch.tensor(example[key], dtype=dtype) for example in examples]
+            if self.padding_free:  # one flat row, as TRL flattens input_ids and labels
+                rows = [torch.cat(rows)]
+            batch[key] = pad(
+                rows, padding_value=0, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
+            )
+        return batch
+
+
+class _FirstOutput:
+    """Calls the model and keeps its first output (TRL's fused forward, with per-token log-probs)."""
+
+    def __init__(self, model):
+        self.model, self.output = model, None
+
+    def __call__(self, *args, **kwargs):
+        output = self.model(*args, **kwargs)
+        if self.output is None:
+            self.output = output
+        return output
+
+
+class SelectiveSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` whose loss is on the tokens ``args.strategy`` selects.
+
+    Takes the arguments of ``SFTTrainer``. Datasets in the annotator's shape (``prompt``, the solution
+    column, the spans column) are prepared here; datasets with a ``loss_weights`` column are taken as
+    already prepared. ``selection`` holds the preparation summary of each dataset.
+    """
+
+    def __init__(self, model, args: SelectiveSFTConfig, train_dataset=None, eval_dataset=None, **kwargs):
+        for name in ("compute_loss_func", "formatting_func"):
+            if kwargs.get(name) is not None:
+                raise SelectionError(
+                    f"{name} is not supported by selective SFT: the loss and the rows are ours"
+                )
+        if args.label_smoothing_factor:
+            raise SelectionError(
+                "label smoothing is not supported by selective SFT; set label_smoothing_factor=0"
+            )
+        if args.strategy in SCHEDULES:
+            raise SelectionError(
+                f"{args.strategy!r} is a two-stage schedule, not one trainer's strategy: run it with "
+                "cft_rl.sft.trainer.train_sft or `cft-rl sft`"
+            )
+        tokenizer = kwargs.get("processing_class") or _load_tokenizer(model)
+        kwargs["processing_class"] = tokenizer
+        self.selection = {}
+        train_dataset = self._prepared(train_dataset, "train", tokenizer, args, model)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._prepared(d, k, tokenizer, args, model) for k, d in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = self._prepared(eval_dataset, "eval", tokenizer, args, model)
+        super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        if self.aux_loss_enabled:
+            raise SelectionError("MoE router auxiliary losses are not supported; set router_aux_loss_coef=0")
+        parallel = self.accelerator.parallelism_config
+        if parallel is not None and (parallel.cp_enabled or parallel.sp_enabled):
+            # These shard the sequence and pass pre-shifted labels, which the weights would have to follow.
+            raise SelectionError("context and sequence parallelism are not supported by selective SFT")
+        if kwargs.get("data_collator") is None:
+            # TRL built its collator from the config (pad token, padding-free...); keep every setting.
+            self.data_collator = SelectiveDataCollator(**dataclasses.asdict(self.data_collator))
+
+    def _prepared(self, dataset, name, tokenizer, args, model):
+        if dataset is None or "loss_weights" in dataset.column_names:
+            return dataset
+        scoring = model if not isinstance(model, str) else _scoring_model(model, args)
+        dataset, self.selection[name] = prepare_dataset(dataset, tokenizer, args, scoring)
+        logger.info("selection on %s: %s", name, json.dumps(self.selection[name]))
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        # Without this, `remove_unused_columns` would strip the weights before the collator sees them.
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *CARRIED_COLUMNS]))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        weights = inputs.pop("loss_weights")[:, 1:]  # aligned with the next-token log-probs
+        completion = inputs.pop("completion_mask")
+        # Score every completion token: TRL's forward then computes log-probs, entropy and accuracy for
+        # the whole completion. Its own loss (normalised over these labels) is discarded.
+        inputs["labels"] = inputs["input_ids"].masked_fill(~completion, -100)
+        recorder = _FirstOutput(model)
+        result = super().compute_loss(
+            recorder, inputs, return_outputs=return_outputs, num_items_in_batch=None
+        )
+        outputs = recorder.output
+        loss = selective_loss(
+            outputs.log_probs, weights, num_items_in_batch, dft=self.args.loss_type == "dft"
+        )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # `num_items_in_batch` counts every rank's tokens and DDP averages gradients across ranks.
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        self._record_selection(outputs, weights)
+        return (loss, result[1]) if return_outputs else loss
+
+    def _record_selection(self, outputs, weights) -> None:
+        mode = "train" if self.model.training else "eval"
+        sums = selection_sums(outputs.log_probs, outputs.entropy, weights, outputs.label_mask)
+        sums = self.accelerator.reduce(sums, reduction="sum")  # sums, then ratios: a token-weighted mean
+        for key, value in selection_metrics(sums).items():
+            self._metrics[mode][key].append(value)
+
+
+def _load_tokenizer(model):
+    return load_checkpoint_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
+
+
+def _scoring_model(name: str, args: SelectiveSFTConfig):
+    if args.strategy != "entropy":
+        return None
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(name, **(args.model_init_kwargs or {}))
+
+
+# --- the Python API: one run, or the SFTKey schedule -----------------------------------------------
+
+
+@dataclass
+class SFTResult:
+    """Where the checkpoint went, each stage's selection summary, and each stage's train metrics."""
+
+    output_dir: Path
+    selection: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+def train_sft(
+    args: SelectiveSFTConfig, model, train_dataset, eval_dataset=None, tokenizer=None, peft_config=None
+) -> SFTResult:
+    """Train ``model`` (a path or a model) with ``args``; save to ``args.output_dir``.
+
+    ``peft_config`` (a peft ``LoraConfig``) trains a LoRA adapter instead of the full model. For
+    ``strategy="sftkey"`` the first stage (``full``) is saved to ``output_dir/stage1`` and the second
+    (``answer``) continues from it, adapter included, into ``output_dir``.
+    """
+    if args.strategy != "sftkey":
+        trainer = _train_stage(args, model, train_dataset, eval_dataset, tokenizer, peft_config)
+        return _finish(args, {args.strategy: trainer})
+    # A resume point names a checkpoint of the final output_dir, i.e. of stage 2: stage 1 reruns.
+    stage1 = dataclasses.replace(
+        args, strategy="full", output_dir=str(Path(args.output_dir) / "stage1"), resume_from_checkpoint=None
+    )
+    first = _train_stage(stage1, model, train_dataset, eval_dataset, tokenizer, peft_config)
+    stage2 = dataclasses.replace(
+        args,
+        strategy="answer",
+        num_train_epochs=args.sftkey_stage2_epochs,
+        max_steps=args.sftkey_stage2_max_steps,
+        learning_rate=args.sftkey_stage2_learning_rate or args.learning_rate,
+    )
+    # The stage-1 model (a PeftModel under LoRA) goes on training: no second adapter is made.
+    second = _train_stage(stage2, first.model, train_dataset, eval_dataset, first.processing_class, None)
+    return _finish(args, {"full": first, "answer": second})
+
+
+def _train_stage(args, model, train_dataset, eval_dataset, tokenizer, peft_config) -> SelectiveSFTTrainer:
+    trainer = SelectiveSFTTrainer(
+        model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    return trainer
+
+
+def _finish(args: SelectiveSFTConfig, trainers: dict) -> SFTResult:
+    result = SFTResult(Path(args.output_dir))
+    for stage, trainer in trainers.items():
+        result.selection[stage] = trainer.selection
+        result.metrics[stage] = [entry for entry in trainer.state.log_history if "loss" in entry]
+    if trainers[next(iter(trainers))].accelerator.is_main_process:
+        (result.output_dir / "selection.json").write_text(json.dumps(result.selection, indent=2))
+    return result
+
+
+def load_checkpoint_tokenizer(name: str | Path):
+    """The tokenizer of a checkpoint folder or Hub id; for a LoRA adapter folder saved without one, its
+    base model's. A missing pad token becomes eos (generation pads; many base tokenizers have none)."""
+    from transformers import AutoTokenizer
+
+    path = Path(name).expanduser()
+    source = str(name)
+    if path.is_dir():
+        source = str(path)
+        adapter = path / "adapter_config.json"
+        has_own = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        if adapter.is_file() and not has_own:
+            source = json.loads(adapter.read_text())["base_model_name_or_path"]
+    elif source.startswith((".", "/", "~")) or path.suffix:
+        raise FileNotFoundError(f"model {name} not found: pass a checkpoint folder or a Hub id")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_sft_checkpoint(path: str | Path, merge: bool = True, trainable: bool = False, **model_kwargs):
+    """The model an SFT run saved in ``path``, for the GRPO stage: full weights, or base + LoRA adapter.
+
+    An adapter is merged into its base model by default, so the GRPO stage gets a plain model either
+    way; ``merge=False`` keeps the ``PeftModel``, its adapter trainable with ``trainable=True`` (to go
+    on training the same adapter). ``model_kwargs`` go to ``from_pretrained`` (dtype, ...).
+    """
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), is_trainable=trainable, **model_kwargs)
+        return model.merge_and_unload() if merge else model
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a warm-start checkpoint (no config.json or adapter_config.json); "
+            "pass the output_dir of `cft-rl sft`, or any Hugging Face model directory"
+        )
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def load_sft_dataset(name: str, split: str):
+    """A split of an ``annotate --out`` folder, a ``save_to_disk`` folder, a JSON/Parquet file or a Hub id.
+
+    The columns are kept as they are: unlike :func:`cft_rl.data.datasets.load_math_dataset`, the annotation
+    columns (``critical_spans``) must survive.
+    """
+    import datasets
+
+    path = Path(name).expanduser()
+    if (path / "dataset").is_dir() and (path / "summary.json").is_file():
+        path = path / "dataset"  # the folder `cft-rl annotate --out` wrote
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise SelectionError(
+                    f"{path} has splits {sorted(loaded)}, not {split!r}; set dataset_train_split"
+                )
+            loaded = loaded[split]
+        return loaded
+    if path.is_file():
+        kind = "parquet" if path.suffix == ".parquet" else "json"
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    return datasets.load_dataset(name, split=split)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cft-rl sft --config recipe.yaml [--field value ...]``: TRL-style flags override the YAML."""
+    from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+
+    parser = TrlParser((ScriptArguments, SelectiveSFTConfig, ModelConfig))
+    script, args, model_args = parser.parse_args_and_config(argv)
+    if not model_args.model_name_or_path or not script.dataset_name:
+        raise SelectionError("set model_name_or_path and dataset_name (in the recipe or as --flags)")
+    args.model_init_kwargs = {
+        key: value
+        for key, value in {
+            "revision": model_args.model_revision,
+            "dtype": model_args.dtype,
+            "attn_implementation": model_args.attn_implementation,
+        }.items()
+        if value is not None
+    }
+    train = load_sft_dataset(script.dataset_name, script.dataset_train_split)
+    evaluate = args.eval_strategy != "no"
+    eval_dataset = load_sft_dataset(script.dataset_name, script.dataset_test_split) if evaluate else None
+    result = train_sft(
+        args, model_args.model_name_or_path, train, eval_dataset, None, get_peft_config(model_args)
+    )
+    print(f"SFT ({args.strategy}) checkpoint saved to {result.output_dir}")
+    for stage, summary in result.selection.items():
+        print(f"{stage}: {json.dumps(summary.get('train', {}))}")
+    end_processes()
+    return 0
+
+
+def end_processes() -> None:
+    """Tear down the process group at the end of a clean run under a launcher (no-op in one process).
+
+    Left to interpreter shutdown, gloo's worker threads may still be releasing a finished collective's
+    tensors, which needs the GIL, and the process aborts (pytorch/pytorch#190489); destroyed in that
+    same window, the group deadlocks on the GIL (seen: the runloop thread waiting for it in
+    ~AsyncAllgatherWork while the main thread joins it). So: a barrier, after which every collective
+    is done, a pause that lets gloo's threads take the GIL to release them, then the teardown. Only
+    after a clean run: a rank that failed must not wait on the others.
+    """
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        time.sleep(0.2)
+    state.destroy_process_group()

@@ -1,0 +1,347 @@
+"""The toy task: multi-step arithmetic word problems with stylistically diverse solutions.
+
+Why a toy at all: no hub is reachable here, and users want to try the whole method on a laptop. Why
+*this* toy: CFT's claim is that full SFT collapses diversity that critical-token SFT keeps. That needs
+solutions where many tokens are free choices (phrasing, order of independent steps, restatements,
+connectives) while a few tokens (the numbers and operators) decide whether the answer is right. Each
+problem here has many equally valid solutions, all ending in ``\\boxed{N}``.
+
+A problem is a story: someone starts with some items, then a few events change the count (buy more,
+give some away, buy boxes of several, give several friends several each, the count doubles). Boxes
+and gifts of several each are products computed independently of the running total, which is what
+lets a solution reorder its steps. Distractor sentences add numbers that must be ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import asdict, dataclass, field
+
+NAMES = [
+    "Ann",
+    "Ben",
+    "Cara",
+    "Dev",
+    "Eli",
+    "Fay",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Jade",
+    "Kai",
+    "Lena",
+    "Milo",
+    "Nora",
+]
+FRIENDS = ["her brother", "a neighbour", "his cousin", "a classmate", "the teacher", "a friend"]
+ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "cards", "shells", "coins", "books", "eggs"]
+CONTAINERS = ["boxes", "bags", "packs", "jars", "crates"]
+OPS = ("+", "-", "*")
+
+
+@dataclass(frozen=True)
+class ToyTaskConfig:
+    """Settings of the problem generator. Every field changes which problems exist, so all of them go
+    into the build's cache key.
+
+    Args:
+        min_steps / max_steps: arithmetic steps per problem (each ``a op b = c`` is one step).
+        operations: allowed step kinds among ``+`` (buy), ``-`` (give away), ``*`` (boxes, doubling).
+        max_start: the starting count is drawn from ``[2, max_start]``.
+        max_operand: bought/given counts and per-box contents are drawn from ``[1, max_operand]``.
+        max_factor: numbers of boxes/friends and multipliers are drawn from ``[2, max_factor]``.
+        max_value: no intermediate result exceeds this (keeps numbers short for a tiny model).
+        distractor_prob: chance of each of up to two irrelevant sentences with numbers.
+        reorder_prob / restate_prob: chance a solution computes independent products first, and
+            chance it restates the running total after a step.
+    """
+
+    min_steps: int = 2
+    max_steps: int = 5
+    operations: tuple[str, ...] = OPS
+    max_start: int = 20
+    max_operand: int = 9
+    max_factor: int = 4
+    max_value: int = 60
+    distractor_prob: float = 0.3
+    reorder_prob: float = 0.5
+    restate_prob: float = 0.3
+
+    def __post_init__(self):
+        unknown = set(self.operations) - set(OPS)
+        if unknown or not self.operations:
+            raise ValueError(f"operations {self.operations!r}: use a non-empty subset of {OPS}")
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change to the running count. ``factor`` is set for products (boxes/gifts of several)."""
+
+    kind: str  # buy, give, buy_boxes, give_each, double
+    amount: int  # the number added/removed, or the multiplier for ``double``
+    factor: int = 0  # boxes or friends, for the product events
+    per: int = 0  # items per box or per friend
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    item: str
+    container: str
+    friend: str
+    start: int
+    events: tuple[Event, ...]
+    distractors: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def answer(self) -> int:
+        value = self.start
+        for e in self.events:
+            value = value * e.amount if e.kind == "double" else value + _sign(e) * e.amount
+        return value
+
+    @property
+    def question(self) -> str:
+        sentences = [f"{self.name} has {self.start} {self.item}."]
+        sentences += [_event_sentence(self, e) for e in self.events]
+        # Distractors sit among the facts, never after the question.
+        for i, d in enumerate(self.distractors):
+            sentences.insert(1 + (i * 2) % len(sentences), d)
+        return " ".join(sentences) + f" How many {self.item} does {self.name} have now?"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sign(e: Event) -> int:
+    return -1 if e.kind in ("give", "give_each") else 1
+
+
+def _event_sentence(p: Problem, e: Event) -> str:
+    if e.kind == "buy":
+        return f"Then {p.name} buys {e.amount} more {p.item}."
+    if e.kind == "give":
+        return f"{p.name} gives {e.amount} {p.item} to {p.friend}."
+    if e.kind == "buy_boxes":
+        return f"{p.name} buys {e.factor} {p.container} with {e.per} {p.item} in each."
+    if e.kind == "give_each":
+        return f"{p.name} gives {e.factor} friends {e.per} {p.item} each."
+    return f"Then the number of {p.item} is multiplied by {e.amount}."
+
+
+# ---------------------------------------------------------------------------------------------------
+# Problems
+# ---------------------------------------------------------------------------------------------------
+
+
+def _steps_of(e: Event) -> int:
+    return 2 if e.factor else 1
+
+
+def _next_event(rng: random.Random, cfg: ToyTaskConfig, value: int, steps_left: int) -> Event | None:
+    """A random event that keeps the count in [0, max_value], or None if none fits."""
+    kinds = []
+    if "+" in cfg.operations:
+        kinds.append("buy")
+    if "-" in cfg.operations:
+        kinds.append("give")
+    if "*" in cfg.operations:
+        kinds.append("double")
+        if steps_left >= 2:
+            kinds += ["buy_boxes", "give_each"] if {"+", "-"} <= set(cfg.operations) else []
+    for _ in range(20):
+        kind = rng.choice(kinds)
+        if kind in ("buy", "give"):
+            e = Event(kind, rng.randint(1, cfg.max_operand))
+        elif kind == "double":
+            e = Event(kind, rng.randint(2, min(3, cfg.max_factor)))
+        else:
+            factor, per = rng.randint(2, cfg.max_factor), rng.randint(2, cfg.max_operand)
+            e = Event(kind, factor * per, factor, per)
+        new = value * e.amount if kind == "double" else value + _sign(e) * e.amount
+        if 0 <= new <= cfg.max_value and (kind != "give_each" or "+" in cfg.operations):
+            return e
+    return None
+
+
+def generate_problem(rng: random.Random, cfg: ToyTaskConfig) -> Problem:
+    """One random problem with between ``min_steps`` and ``max_steps`` arithmetic steps."""
+    while True:
+        target = rng.randint(cfg.min_steps, cfg.max_steps)
+        value, events, steps = rng.randint(2, cfg.max_start), [], 0
+        start = value
+        while steps < target:
+            e = _next_event(rng, cfg, value, target - steps)
+            if e is None:
+                break
+            events.append(e)
+            steps += _steps_of(e)
+            value = value * e.amount if e.kind == "double" else value + _sign(e) * e.amount
+        if cfg.min_steps <= steps <= cfg.max_steps:
+            break
+    name = rng.choice(NAMES)
+    item = rng.choice(ITEMS)
+    distractors = tuple(_distractor(rng, name, item) for _ in range(2) if rng.random() < cfg.distractor_prob)
+    return Problem(name, item, rng.choice(CONTAINERS), rng.choice(FRIENDS), start, tuple(events), distractors)
+
+
+def _distractor(rng: random.Random, name: str, item: str) -> str:
+    other = rng.choice([i for i in ITEMS if i != item])
+    return rng.choice(
+        [
+            f"{rng.choice([n for n in NAMES if n != name])} has {rng.randint(2, 40)} {other}.",
+            f"{name} is {rng.randint(7, 15)} years old.",
+            f"The shop is {rng.randint(2, 20)} minutes away.",
+            f"{name} also has {rng.randint(2, 30)} {other}.",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Solutions: one computation, many ways to write it down
+# ---------------------------------------------------------------------------------------------------
+
+FIRST = ["First,", "To start,", "We begin:", ""]
+THEN = ["Then", "Next,", "After that,", "Now", "So"]
+PRODUCT_PHRASES = {
+    "buy_boxes": [
+        "the {container} hold {f} * {per} = {p} {item}.",
+        "compute the {item} in the {container}: {f} * {per} = {p}.",
+        "we find {f} * {per} = {p} {item} in the {container}.",
+        "{f} {container} of {per} make {f} * {per} = {p}.",
+    ],
+    "give_each": [
+        "the friends get {f} * {per} = {p} {item}.",
+        "compute the {item} given away: {f} * {per} = {p}.",
+        "we find {f} * {per} = {p} {item} for the friends.",
+        "{f} friends with {per} each is {f} * {per} = {p}.",
+    ],
+}
+RUNNING_PHRASES = [
+    "{v} {op} {a} = {r}.",
+    "{name} has {v} {op} {a} = {r} {item}.",
+    "we get {v} {op} {a} = {r}.",
+    "that makes {v} {op} {a} = {r} {item}.",
+]
+ENDINGS = [
+    "The answer is \\boxed{{{n}}}.",
+    "So the final answer is \\boxed{{{n}}}.",
+    "Therefore, {name} has \\boxed{{{n}}} {item}.",
+    "{name} ends up with \\boxed{{{n}}} {item}.",
+]
+
+
+def _sentence(connective: str, body: str) -> str:
+    return f"{connective} {body}" if connective else body[0].upper() + body[1:]
+
+
+def _plan(problem: Problem, products_first: bool) -> list[tuple]:
+    """The steps in writing order: ``("product", event)`` and ``("running", event)`` entries."""
+    products = [("product", e) for e in problem.events if e.factor]
+    running = [("running", e) for e in problem.events]
+    if products_first:
+        return products + running
+    plan = []
+    for e in problem.events:
+        plan += ([("product", e)] if e.factor else []) + [("running", e)]
+    return plan
+
+
+def render_solution(problem: Problem, rng: random.Random, cfg: ToyTaskConfig = ToyTaskConfig()) -> str:
+    """One chain-of-thought solution, in a randomly chosen style, ending in ``\\boxed{answer}``."""
+    p = problem
+    lines = []
+    if rng.random() < cfg.restate_prob:
+        lines.append(f"{p.name} starts with {p.start} {p.item}.")
+    value = p.start
+    for i, (kind, e) in enumerate(_plan(p, rng.random() < cfg.reorder_prob)):
+        connective = rng.choice(FIRST if i == 0 else THEN)
+        if kind == "product":
+            body = rng.choice(PRODUCT_PHRASES[e.kind])
+            lines.append(_sentence(connective, body.format(f=e.factor, per=e.per, p=e.amount, **_names(p))))
+            continue
+        op, new = (
+            ("*", value * e.amount)
+            if e.kind == "double"
+            else ("+-"[_sign(e) < 0], value + _sign(e) * e.amount)
+        )
+        body = rng.choice(RUNNING_PHRASES).format(v=value, op=op, a=e.amount, r=new, **_names(p))
+        lines.append(_sentence(connective, body))
+        value = new
+        if rng.random() < cfg.restate_prob:
+            lines.append(f"Now {p.name} has {value} {p.item}.")
+    lines.append(rng.choice(ENDINGS).format(n=value, **_names(p)))
+    return " ".join(lines)
+
+
+def _names(p: Problem) -> dict:
+    return {"name": p.name, "item": p.item, "container": p.container}
+
+
+def sample_solutions(
+    problem: Problem, n: int, seed: int = 0, cfg: ToyTaskConfig = ToyTaskConfig()
+) -> list[str]:
+    """``n`` solutions of one problem in independently drawn styles (duplicates possible)."""
+    rng = random.Random(f"{seed}-{problem.question}")
+    return [render_solution(problem, rng, cfg) for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------------
+
+# A problem's split is a function of its question text alone, so the splits can never share a problem,
+# whatever sizes are asked for. Pretraining text comes from its own bucket: the base model never saw
+# a train, validation or test problem.
+SPLIT_BUCKETS = {"pretrain": (0, 70), "train": (70, 85), "validation": (85, 90), "test": (90, 100)}
+
+
+def split_of(question: str) -> str:
+    bucket = int.from_bytes(hashlib.sha256(question.encode()).digest()[:4], "big") % 100
+    return next(name for name, (lo, hi) in SPLIT_BUCKETS.items() if lo <= bucket < hi)
+
+
+def generate_splits(sizes: dict[str, int], seed: int = 0, cfg: ToyTaskConfig = ToyTaskConfig()) -> dict:
+    """``{split: [Problem, ...]}`` with ``sizes[split]`` distinct problems each, deterministic in ``seed``."""
+    unknown = set(sizes) - set(SPLIT_BUCKETS)
+    if unknown:
+        raise ValueError(f"unknown toy splits {sorted(unknown)}; choose from {list(SPLIT_BUCKETS)}")
+    rng = random.Random(seed)
+    out: dict[str, list[Problem]] = {name: [] for name in sizes}
+    seen: set[str] = set()
+    budget = 200 * (sum(sizes.values()) + 10)
+    while any(len(out[s]) < n for s, n in sizes.items()):
+        budget -= 1
+        if budget < 0:
+            raise ValueError(f"cannot draw {sizes} distinct problems with {cfg}; widen the number ranges")
+        problem = generate_problem(rng, cfg)
+        question = problem.question
+        split = split_of(question)
+        if question in seen or split not in out or len(out[split]) >= sizes[split]:
+            continue
+        seen.add(question)
+        out[split].append(problem)
+    return out
+
+
+def to_records(problems: list[Problem], split: str, seed: int = 0, cfg: ToyTaskConfig = ToyTaskConfig()):
+    """Rows in the benchmark record shape (``id, question, answer, solution, source, prompt``)."""
+    from cft_rl.data.datasets import build_prompt
+
+    rows = []
+    for i, problem in enumerate(problems):
+        question = problem.question
+        rows.append(
+            {
+                "id": f"toy-{split}-{i}",
+                "question": question,
+                "answer": str(problem.answer),
+                "solution": sample_solutions(problem, 1, seed, cfg)[0],
+                "source": "toy",
+                "prompt": build_prompt(question),
+            }
+        )
+    return rows
