@@ -47,7 +47,13 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import pad
 
-from cft_rl.selection import STRATEGIES, SelectionError, check_strategy, prepare_dataset
+from cft_rl.selection import (
+    STRATEGIES,
+    SelectionError,
+    check_strategy,
+    prepare_dataset,
+    truncate_prepared,
+)
 from cft_rl.sft_loss import selection_metrics, selection_sums, selective_loss
 
 logger = logging.getLogger(__name__)
@@ -185,12 +191,21 @@ class SelectiveSFTTrainer(SFTTrainer):
         if kwargs.get("data_collator") is None:
             # TRL built its collator from the config (pad token, padding-free...); keep every setting.
             self.data_collator = SelectiveDataCollator(**dataclasses.asdict(self.data_collator))
+        # The selective loss is ours: it divides by `num_items_in_batch` whatever the model's forward
+        # accepts. Trainer counts it over the accumulation window only for a model that "accepts loss
+        # kwargs"; for one that does not (`accepts_loss_kwargs = False`, no **kwargs) it would pass None
+        # and divide each micro-batch's own mean by the accumulation steps: a mean of means.
+        self.model_accepts_loss_kwargs = True
 
     def _prepared(self, dataset, name, tokenizer, args, model):
-        if dataset is None or "loss_weights" in dataset.column_names:
+        if dataset is None:
             return dataset
-        scoring = model if not isinstance(model, str) else _scoring_model(model, args)
-        dataset, self.selection[name] = prepare_dataset(dataset, tokenizer, args, scoring)
+        if "loss_weights" in dataset.column_names:
+            return truncate_prepared(dataset, args)  # TRL would cut input_ids and labels only
+        scoring = None
+        if args.strategy == "entropy":
+            scoring = model if not isinstance(model, str) else lambda: _scoring_model(model, args)
+        dataset, self.selection[name] = prepare_dataset(dataset, tokenizer, args, scoring, args.device)
         logger.info("selection on %s: %s", name, json.dumps(self.selection[name]))
         return dataset
 
@@ -233,11 +248,11 @@ def _load_tokenizer(model):
 
 
 def _scoring_model(name: str, args: SelectiveSFTConfig):
-    if args.strategy != "entropy":
-        return None
+    """The base model of ``entropy``, loaded straight to the trainer's device (main process only)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(name, **(args.model_init_kwargs or {}))
+    model = AutoModelForCausalLM.from_pretrained(name, **(args.model_init_kwargs or {}))
+    return model if getattr(model, "hf_device_map", None) else model.to(args.device)
 
 
 # --- the Python API: one run, or the SFTKey schedule -----------------------------------------------
