@@ -19,7 +19,8 @@ over the selected tokens of the whole gradient-accumulation window and, with
 ``average_tokens_across_devices`` (the default), of every device. The loss is the sum over this
 micro-batch's selected tokens divided by that count, times the number of processes (DDP averages
 gradients): the paper's Eq. 8 mean over selected tokens, identical for any split of the batch across
-steps and devices. With ``strategy="full"`` the selected tokens are TRL's completion labels and the
+steps and devices. The trainer counts it for any model, also one whose forward takes no loss kwargs
+(for which ``Trainer`` would otherwise count nothing and average per-micro-batch means). With ``strategy="full"`` the selected tokens are TRL's completion labels and the
 loss is TRL's, term for term.
 
 Metrics, logged next to TRL's: ``selected/fraction``, ``selected/nll``, ``selected/entropy`` and
@@ -155,7 +156,8 @@ class SelectiveSFTTrainer(SFTTrainer):
 
     Takes the arguments of ``SFTTrainer``. Datasets in the annotator's shape (``prompt``, the solution
     column, the spans column) are prepared here; datasets with a ``loss_weights`` column are taken as
-    already prepared. ``selection`` holds the preparation summary of each dataset.
+    already prepared (and cut to ``max_length`` with all their columns, which TRL would not do).
+    ``selection`` holds the preparation summary of each dataset.
     """
 
     def __init__(self, model, args: SelectiveSFTConfig, train_dataset=None, eval_dataset=None, **kwargs):
