@@ -56,6 +56,9 @@ PATHOLOGICAL_INPUTS: tuple[tuple[object, object], ...] = (
     ("{" * 10_000 + r"\boxed{" + "{" * 10_000, "5"),
     (r"\boxed{" + "{" * 400 + "}" * 400 + "}", "5"),
     ("\ud800\udfff\\boxed{\ud800}", "5"),
+    # A rambling answer sentence and a runaway list of joined boxes: cut down before any parse.
+    ("Final Answer: " + "the value of $x^{2}$ is not $y$ and " * 300 + "so it is 4", "5"),
+    (", ".join([r"\boxed{1}"] * 10_000), "5"),
     (None, "5"),
     ("", "5"),
     (r"\boxed{5}", None),

@@ -66,7 +66,7 @@ def test_a_long_answer_sentence_stays_cheap(guard_jobs):
     """A rambling sentence after the marker must not be handed to sympy whole (it could eat the
     whole timeout); only its final number or math span is."""
     filler = "".join(f"the value of $x_{{{i}}}$ is not {i} and " for i in range(60))
-    verdict = check(f"Final Answer: {filler}so it is $\\frac{{7}}{{3}}$", "\\frac{7}{3}", timeout=1.0)
+    verdict = check(f"Final Answer: {filler}so it is $\\frac{{7}}{{3}}$", "\\frac{7}{3}")
     assert len(filler) > MAX_ANSWER_CHARS
     assert verdict.status != "timeout"
     assert all(len(answer) <= 40 for answer, _ in guard_jobs), guard_jobs
