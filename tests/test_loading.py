@@ -16,6 +16,7 @@ from cft_rl.models import ModelNotFoundError, load_tokenizer, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "toy-org/Toy-Math-0.5B"  # dotted, like Qwen/Qwen2.5-Math-1.5B: ".5B" is no file extension
+HUB_PLAIN = "toy-org/toy-math"
 MISSING = "toy-org/Missing-1.5B"
 BOTH_READINGS = ("no such folder", "not in the local cache, and the Hub is offline")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -34,6 +35,8 @@ def hub_cache(toy_dir, tmp_path_factory):
             shutil.copy(path, snapshot / path.name)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(sha)
+    plain = cache / ("models--" + HUB_PLAIN.replace("/", "--"))  # the same files under an id without a dot
+    shutil.copytree(repo, plain, symlinks=True)
     return cache
 
 
@@ -97,6 +100,14 @@ def test_sft_loads_a_dotted_hub_id_from_the_cache(offline, toy_dir, tmp_path):
 def test_grpo_starts_from_a_dotted_hub_id(offline, toy_dir, tmp_path):
     assert cli_main(_grpo_argv(HUB_ID, toy_dir / "data", tmp_path / "grpo")) == 0
     assert (tmp_path / "grpo" / "config.json").is_file()
+
+
+def test_a_grpo_warm_start_is_a_hub_id_as_well_as_a_folder(offline, toy_dir):
+    from cft_rl.grpo import load_warm_start
+
+    ids = torch.tensor([[5, 6, 7]])
+    expected = load_warm_start(toy_dir)(input_ids=ids).logits
+    assert torch.equal(load_warm_start(HUB_PLAIN)(input_ids=ids).logits, expected)
 
 
 def test_annotate_loads_a_dotted_hub_id_from_the_cache(offline, toy_dir, tmp_path):
