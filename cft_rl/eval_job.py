@@ -134,16 +134,15 @@ def load_eval_dataset(spec: str, config: EvalConfig):
 
 
 def load_model(name: str, device: str | None = None):
-    """``(model, tokenizer)`` of a checkpoint folder (full or LoRA, via the SFT loader) or a Hub id,
+    """``(model, tokenizer)`` of a checkpoint folder (full or LoRA) or a Hub id (:mod:`cft_rl.models`),
     on ``device`` (default: the GPU if there is one)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from cft_rl.sft import load_checkpoint_tokenizer, load_sft_checkpoint
+    from cft_rl.models import load_model as load_checkpoint
+    from cft_rl.models import load_tokenizer
 
-    tokenizer = load_checkpoint_tokenizer(name)
-    path = Path(name).expanduser()
-    model = load_sft_checkpoint(path) if path.is_dir() else AutoModelForCausalLM.from_pretrained(name)
+    tokenizer = load_tokenizer(name)
+    model = load_checkpoint(name)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
 
 
@@ -158,10 +157,10 @@ def make_backend(config: EvalConfig):
 
     # vLLM loads the weights itself, so transformers keeps off the GPU: a LoRA adapter is merged on
     # the CPU into a folder vLLM can read, and a full model goes to vLLM as it is.
-    from cft_rl.sft import load_checkpoint_tokenizer
+    from cft_rl.models import load_tokenizer, resolve_model
 
-    source, tokenizer = config.model, load_checkpoint_tokenizer(config.model)
-    if (Path(config.model) / "adapter_config.json").is_file():
+    source, tokenizer = config.model, load_tokenizer(config.model)
+    if resolve_model(config.model).is_adapter:
         source = str(Path(config.out) / "merged_model")
         load_model(config.model, device="cpu")[0].save_pretrained(source)
         tokenizer.save_pretrained(source)

@@ -226,6 +226,7 @@ def _learn_run(args, name: str, extra: list[str]):
 
     argv = ["--config", str(RECIPE), "--model_name_or_path", args.toy, "--dataset_name", f"{args.toy}/data"]
     argv += ["--output_dir", str(Path(args.work) / name), "--report_to", "none", *args.recipe_args.split()]
+    argv += ["--overwrite_output_dir", "true"]  # a measurement trains afresh, never resumes or skips
     start = time.perf_counter()
     trainer = run_cli(argv + extra)
     return trainer.state.log_history, (time.perf_counter() - start) / 60
