@@ -77,27 +77,67 @@ def annotated_record(row: dict, index: int, solution: str, anns) -> dict:
     }
 
 
-def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
-    """Yield the output record of every row in ``rows`` (index -> row), skipped or annotated, each as
-    soon as it is done: the fast engine finishes rows out of order, decoding many at once."""
+def record_features():
+    """The ``datasets`` features of :func:`annotated_record`'s records. An annotation with no row left
+    (all skipped) saves an empty dataset with these columns, so that render and sft can still read it."""
+    from datasets import Features, List, Value
+
+    string, integer = Value("string"), Value("int64")
+    return Features(
+        {
+            "index": integer,
+            "id": string,
+            "prompt": List({"role": string, "content": string}),
+            "question": string,
+            "answer": string,
+            "solution": string,
+            "critical_spans": List(List(integer)),
+            "tokens": List(string),
+            "token_ids": List(integer),
+            "critical": List(Value("bool")),
+            "alternatives": List(List(integer)),
+            "alternative_answers": List(List(string)),
+            "token_char_spans": List(List(integer)),
+            "num_tokens": integer,
+            "num_critical": integer,
+        }
+    )
+
+
+def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], emit, progress=None) -> None:
+    """Hand ``emit`` the output record of every row in ``rows`` (index -> row) the moment its outcome
+    is decided: a skip as soon as the row is prepared, an annotation when the engine finishes it (the
+    fast engine finishes rows out of order, decoding many at once). Nothing decided waits in memory
+    for another row, so a kill loses only the rows in flight.
+
+    ``progress(index, judged, positions)``, if given, is called as the fast engine judges a row's
+    token positions, after every batch of branches (the reference engine reports finished rows only).
+    """
+    if not rows:
+        return  # nothing to annotate: no engine (and no model, which was never loaded) is touched
     solutions: dict[int, str] = {}
 
-    def annotatable():  # skipped rows are reported as they are met; the others go to the engine
+    def annotatable():
         for index, row in rows.items():
             prepared = prepare_row(config, judge, row, index)
             if "skipped" in prepared:
-                skipped.append(prepared)
+                emit(prepared)
                 continue
             solutions[index] = prepared["solution"]
             yield index, row["prompt"], prepared["solution"], row["answer"]
 
-    skipped: list[dict] = []
     if config.engine == "fast":
         from cft_rl.annotate_fast import annotate_many
 
         limits = (config.num_alternatives, config.max_continuation_tokens, config.batch_size)
         done = annotate_many(
-            judge.model, judge.tokenizer, annotatable(), *limits, judge.backend, config.eager_alternatives
+            judge.model,
+            judge.tokenizer,
+            annotatable(),
+            *limits,
+            judge.backend,
+            config.eager_alternatives,
+            on_progress=progress,
         )
     else:
         from cft_rl.annotate_core import annotate_reference as reference
@@ -107,11 +147,4 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
             (i, reference(judge.model, judge.tokenizer, p, s, g, *limits)) for i, p, s, g in annotatable()
         )
     for index, anns in done:
-        yield from _drain(skipped)
-        yield annotated_record(rows[index], index, solutions.pop(index), anns)
-    yield from _drain(skipped)
-
-
-def _drain(records: list[dict]):
-    while records:
-        yield records.pop(0)
+        emit(annotated_record(rows[index], index, solutions.pop(index), anns))
