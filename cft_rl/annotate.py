@@ -239,15 +239,21 @@ class _Progress:
     Why not whole rows only: the fast engine decodes the branches of many rows together, and a row is
     finished only when its slowest branch and its follow-up alternatives (queued behind everything
     else) are, so nearly every row finishes near the end of the run; a bar of finished rows then sits
-    at 0 for most of it. Judged positions move with every batch of branches.
+    at 0 for most of it. Judged positions move with every batch of branches. The postfix counts the
+    solutions handed to the engine, which with ``source="self"`` are first generated, one at a time.
     """
 
     def __init__(self, total: int, desc: str):
         from tqdm.auto import tqdm
 
-        layout = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} rows [{elapsed}<{remaining}, {rate_fmt}]"
+        layout = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} rows [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
         self.bar = tqdm(total=total, desc=desc, unit="row", bar_format=layout)
         self.share: dict[int, float] = {}
+        self.done, self.ready = 0.0, 0
+
+    def prepared(self, index: int) -> None:
+        self.ready += 1
+        self.bar.set_postfix_str(f"{self.ready} solutions in the engine")
 
     def judged(self, index: int, judged: int, positions: int) -> None:
         self._move(index, judged / positions if positions else 1.0)
@@ -259,7 +265,10 @@ class _Progress:
         delta = min(share, 1.0) - self.share.get(index, 0.0)
         if delta > 0:
             self.share[index] = self.share.get(index, 0.0) + delta
-            self.bar.update(delta)
+            self.done += delta
+            # Set, not added: float sums of shares would drift past the total at the end.
+            self.bar.n = min(round(self.done, 6), self.bar.total)
+            self.bar.update(0)  # tqdm's own rate and ETA from the change
 
     def close(self) -> None:
         self.bar.close()
@@ -310,7 +319,7 @@ def run_shard(config: AnnotateConfig) -> Path:
             _append(handle, record)
             progress.finished(record["index"])
 
-        annotate_rows(config, judge, {i: rows[i] for i in todo}, emit, progress.judged)
+        annotate_rows(config, judge, {i: rows[i] for i in todo}, emit, progress)
         progress.close()
         _append(handle, {"done": True, "total_rows": len(rows), "unreadable": unreadable})
     return path

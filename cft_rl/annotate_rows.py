@@ -110,8 +110,10 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
     fast engine finishes rows out of order, decoding many at once). Nothing decided waits in memory
     for another row, so a kill loses only the rows in flight.
 
-    ``progress(index, judged, positions)``, if given, is called as the fast engine judges a row's
-    token positions, after every batch of branches (the reference engine reports finished rows only).
+    ``progress``, if given, hears of the work in between: ``progress.prepared(index)`` once a row's
+    solution is ready for the engine (with ``source="self"``, generated and verified: that alone takes
+    a ``generate`` call per row), and ``progress.judged(index, judged, positions)`` as the fast engine
+    judges a row's token positions, after every batch of branches (the reference reports whole rows).
     """
     if not rows:
         return  # nothing to annotate: no engine (and no model, which was never loaded) is touched
@@ -124,6 +126,8 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
                 emit(prepared)
                 continue
             solutions[index] = prepared["solution"]
+            if progress is not None:
+                progress.prepared(index)
             yield index, row["prompt"], prepared["solution"], row["answer"]
 
     if config.engine == "fast":
@@ -137,7 +141,7 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
             *limits,
             judge.backend,
             config.eager_alternatives,
-            on_progress=progress,
+            on_progress=progress and progress.judged,
         )
     else:
         from cft_rl.annotate_core import annotate_reference as reference
