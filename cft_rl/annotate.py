@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from cft_rl.annotate_rows import record_features
+from cft_rl.annotate_rows import RowProgress, record_features
 from cft_rl.outputs import write_atomic, write_json
 
 logger = logging.getLogger(__name__)
@@ -232,48 +232,6 @@ def _check_settings(path: Path, config: AnnotateConfig, has_work: bool) -> None:
     write_json(header, settings)
 
 
-class _Progress:
-    """A shard's progress bar, in rows, with an ETA. A finished row (annotated or skipped) counts 1; a
-    row under annotation counts the share of its token positions judged so far.
-
-    Why not whole rows only: the fast engine decodes the branches of many rows together, and a row is
-    finished only when its slowest branch and its follow-up alternatives (queued behind everything
-    else) are, so nearly every row finishes near the end of the run; a bar of finished rows then sits
-    at 0 for most of it. Judged positions move with every batch of branches. The postfix counts the
-    solutions handed to the engine, which with ``source="self"`` are first generated, one at a time.
-    """
-
-    def __init__(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        layout = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} rows [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
-        self.bar = tqdm(total=total, desc=desc, unit="row", bar_format=layout)
-        self.share: dict[int, float] = {}
-        self.done, self.ready = 0.0, 0
-
-    def prepared(self, index: int) -> None:
-        self.ready += 1
-        self.bar.set_postfix_str(f"{self.ready} solutions in the engine")
-
-    def judged(self, index: int, judged: int, positions: int) -> None:
-        self._move(index, judged / positions if positions else 1.0)
-
-    def finished(self, index: int) -> None:
-        self._move(index, 1.0)
-
-    def _move(self, index: int, share: float) -> None:
-        delta = min(share, 1.0) - self.share.get(index, 0.0)
-        if delta > 0:
-            self.share[index] = self.share.get(index, 0.0) + delta
-            self.done += delta
-            # Set, not added: float sums of shares would drift past the total at the end.
-            self.bar.n = min(round(self.done, 6), self.bar.total)
-            self.bar.update(0)  # tqdm's own rate and ETA from the change
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 # --- rows ------------------------------------------------------------------------------------------
 
 
@@ -311,7 +269,7 @@ def run_shard(config: AnnotateConfig) -> Path:
     judge = load_judge(config) if todo else None  # nothing left to do: no model to load
     torch.manual_seed(config.seed)
     with cpu_float_math(), path.open("a", encoding="utf-8") as handle:
-        progress = _Progress(len(todo), f"annotate shard {config.shard_index}/{config.num_shards}")
+        progress = RowProgress(len(todo), f"annotate shard {config.shard_index}/{config.num_shards}")
 
         def emit(record: dict) -> None:
             # On disk the moment the row's outcome is decided, skips included: a kill loses only

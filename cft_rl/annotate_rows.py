@@ -2,7 +2,8 @@
 
 :mod:`cft_rl.annotate` runs the job (shards, resume, merge); this module turns the rows of one shard
 into output records, handing the usable ones to the engine (:func:`cft_rl.annotate_fast.annotate_many`
-or the reference) and reporting the others with their skip reason.
+or the reference) and reporting the others with their skip reason, each the moment it is decided,
+and reporting progress in between (:class:`RowProgress`).
 """
 
 from __future__ import annotations
@@ -152,3 +153,46 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
         )
     for index, anns in done:
         emit(annotated_record(rows[index], index, solutions.pop(index), anns))
+
+
+class RowProgress:
+    """A shard's progress bar (the ``progress`` of :func:`annotate_rows`), in rows, with an ETA. A
+    finished row (annotated or skipped) counts 1; a row under annotation counts the share of its
+    token positions judged so far.
+
+    Why not whole rows only: the fast engine decodes the branches of many rows together, and a row is
+    finished only when its slowest branch and its follow-up alternatives (queued behind everything
+    else) are, so nearly every row finishes near the end of the run; a bar of finished rows then sits
+    at 0 for most of it. Judged positions move with every batch of branches. The postfix counts the
+    solutions handed to the engine, which with ``source="self"`` are first generated, one at a time.
+    """
+
+    def __init__(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        layout = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} rows [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+        self.bar = tqdm(total=total, desc=desc, unit="row", bar_format=layout)
+        self.share: dict[int, float] = {}
+        self.done, self.ready = 0.0, 0
+
+    def prepared(self, index: int) -> None:
+        self.ready += 1
+        self.bar.set_postfix_str(f"{self.ready} solutions in the engine")
+
+    def judged(self, index: int, judged: int, positions: int) -> None:
+        self._move(index, judged / positions if positions else 1.0)
+
+    def finished(self, index: int) -> None:
+        self._move(index, 1.0)
+
+    def _move(self, index: int, share: float) -> None:
+        delta = min(share, 1.0) - self.share.get(index, 0.0)
+        if delta > 0:
+            self.share[index] = self.share.get(index, 0.0) + delta
+            self.done += delta
+            # Set, not added: float sums of shares would drift past the total at the end.
+            self.bar.n = min(round(self.done, 6), self.bar.total)
+            self.bar.update(0)  # tqdm's own rate and ETA from the change
+
+    def close(self) -> None:
+        self.bar.close()
