@@ -142,6 +142,7 @@ class _Solution:
     alternatives: list[list[int]]
     verdicts: dict[tuple[int, int], Verdict] = field(default_factory=dict)
     pending: int = 0  # branches submitted, verdict not in yet
+    judged: int = 0  # positions whose last verdict is in (for progress reports)
 
 
 @torch.no_grad()
@@ -154,12 +155,16 @@ def annotate_many(
     batch_size: int = 1024,
     backend=None,
     eager_alternatives: bool = False,
+    on_progress=None,
 ) -> Iterator[tuple[object, list[TokenAnnotation]]]:
     """:func:`annotate_reference`'s annotations of many solutions, decoded together.
 
     ``examples`` yields ``(key, prompt_messages, solution, gold)`` and is read lazily, a solution at a
     time as the decode queue runs low. Yields ``(key, annotations)`` as each solution is finished,
-    which is not necessarily the input order.
+    which is not necessarily the input order. ``on_progress(key, judged, positions)``, if given, is
+    called after every decoding step for each solution that got verdicts in it: ``judged`` of its
+    ``positions`` token positions have their final verdict (a solution's branches end at many
+    different steps, and it is finished only when the last one has).
     """
     backend = backend or HFBackend(model, tokenizer, batch_size)
     examples, exhausted = iter(examples), False
@@ -190,10 +195,14 @@ def annotate_many(
         for s, ((_, t, r), _), verdict in zip(solutions, ended, verdicts, strict=True):
             s.verdicts[t, r] = verdict
             s.pending -= 1
+            early_stop = not eager_alternatives and verdict.score == 1.0  # no later rank is tried
+            s.judged += early_stop or all((t, q) in s.verdicts for q in range(len(s.alternatives[t])))
             # The reference's early stop: the next alternative only where this one was not correct.
             if not eager_alternatives and verdict.score != 1.0 and r + 1 < len(s.alternatives[t]):
                 _submit(backend, s, t, r + 1, max_continuation_tokens)
         for s in {id(s): s for s in solutions}.values():
+            if on_progress is not None:
+                on_progress(s.key, s.judged, len(s.completion_ids))
             if s.pending == 0:
                 backend.release(s.handle)
                 del open_[s.key]
