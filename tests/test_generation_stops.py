@@ -165,7 +165,8 @@ def test_vllm_backends_stop_on_the_served_models_stop_tokens(stop_toy, extra_sto
 def penalised_toy(toy_dir, tmp_path_factory):
     """The toy with a checkpoint's sampling settings: generate would apply them unless told otherwise."""
     path = tmp_path_factory.mktemp("penalty") / "world"
-    settings = dict(do_sample=True, temperature=0.7, top_k=5, top_p=0.8, repetition_penalty=1.5)
+    # A strong penalty: the tiny toy is near-uniform, and a mild one (1.1-1.5) seldom flips its argmax.
+    settings = dict(do_sample=True, temperature=0.7, top_k=5, top_p=0.8, repetition_penalty=3.0)
     return _copy_with_generation_config(toy_dir, path, **settings)
 
 
