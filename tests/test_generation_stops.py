@@ -15,12 +15,12 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from cft_rl import grpo_monitor
+from cft_rl import grpo_probe
 from cft_rl.annotate_core import annotate_reference, encode_example, greedy_completion
 from cft_rl.annotate_fast import HFBackend, VLLMBackend, annotate_fast
 from cft_rl.evaluation import VLLMGenerator, generate, render_prompts
 from cft_rl.generation import stop_token_ids
-from cft_rl.grpo_monitor import Probe, ProbeCallback, dealt_batches, probe_batches
+from cft_rl.grpo_probe import Probe, ProbeCallback, dealt_batches, probe_batches
 from cft_rl.monitors import MonitorConfig
 from cft_rl.toy import load_toy
 
@@ -245,7 +245,7 @@ def _run_split(model, tokenizer, probe, count: int, monkeypatch) -> tuple[dict, 
     """The probe's metrics, and each prompt's samples, with its prompts split over ``count``
     processes run one after the other (the main process last, so its gather can hand it every part)."""
     parts, samples = {}, {}
-    real_generate = grpo_monitor.generate
+    real_generate = grpo_probe.generate
 
     def generate_spy(model, tokenizer, prompts, **kwargs):
         groups = real_generate(model, tokenizer, prompts, **kwargs)
@@ -256,9 +256,9 @@ def _run_split(model, tokenizer, probe, count: int, monkeypatch) -> tuple[dict, 
         parts[index] = obj
         return [item for i in sorted(parts) for item in parts[i]]
 
-    monkeypatch.setattr(grpo_monitor, "generate", generate_spy)
+    monkeypatch.setattr(grpo_probe, "generate", generate_spy)
     for index in reversed(range(count)):
-        monkeypatch.setattr(grpo_monitor, "gather_object", lambda obj, i=index: gather(obj, i))
+        monkeypatch.setattr(grpo_probe, "gather_object", lambda obj, i=index: gather(obj, i))
         trainer = _trainer(model, tokenizer, index, count, MonitorConfig(**_MONITOR))
         metrics = ProbeCallback(trainer, probe).run()
     metrics.pop("probe/seconds")
@@ -290,7 +290,7 @@ def test_probe_generates_through_trls_unwrap_for_generation(toy, monkeypatch):
     """TRL's unwrap gathers ZeRO-3 parameters and turns gradient checkpointing off while generating."""
     model, tokenizer, data = toy
     entered, checkpointing = [], []
-    real_unwrap = grpo_monitor.unwrap_model_for_generation
+    real_unwrap = grpo_probe.unwrap_model_for_generation
 
     def unwrap(model, accelerator, **kwargs):
         entered.append(model)
@@ -302,7 +302,7 @@ def test_probe_generates_through_trls_unwrap_for_generation(toy, monkeypatch):
         checkpointing.append(model.is_gradient_checkpointing)
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(grpo_monitor, "unwrap_model_for_generation", unwrap)
+    monkeypatch.setattr(grpo_probe, "unwrap_model_for_generation", unwrap)
     monkeypatch.setattr(model, "generate", spy)
     model.gradient_checkpointing_enable()
     try:
