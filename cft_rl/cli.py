@@ -54,12 +54,16 @@ def _cmd_toy_build(args: argparse.Namespace) -> int:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     import yaml
 
-    from cft_rl.annotate.job import AnnotateConfig, run_annotation
+    from cft_rl.annotate.job import AnnotateConfig, describe, run_annotation
 
     values = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k in _ANNOTATE_FLAGS and v is not None}
     config = AnnotateConfig.from_dict({**values, **flags})  # flags override the YAML
-    print(f"annotation written to {run_annotation(config)}")
+    written = run_annotation(config)
+    print(f"annotation written to {written}")
+    summary = Path(config.out) / "summary.json"
+    if written.name == "dataset" and summary.is_file():  # merged: say what it holds
+        print(describe(json.loads(summary.read_text())))
     return 0
 
 
@@ -96,6 +100,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
             f"{args.dir} holds no annotation dataset; run `cft-rl annotate --out {args.dir}` first"
         )
     rows = datasets.load_from_disk(str(path))
+    if not len(rows):
+        summary = path.parent / "summary.json"
+        why = ""
+        if summary.is_file():
+            from cft_rl.annotate.job import describe
+
+            why = f" ({describe(json.loads(summary.read_text()))})"
+        print(f"{path} holds no annotated rows{why}")
     shown = rows.select(range(min(args.limit, len(rows))))
     for row in shown:
         print(render_terminal(row, color=not args.no_color and sys.stdout.isatty()), end="\n\n")

@@ -6,14 +6,20 @@
 Each optimizer step sees the same four rows either way (sequential sampling: micro-batches 0 and 1
 go to accumulation steps 0 and 1, or to ranks 0 and 1). The main process writes the logged losses
 and a fingerprint of the trained weights to OUT_JSON.
+
+First, every rank prepares the same rows for the ``entropy`` control and writes, to
+OUT_JSON.rankN.json, how many forward passes its model ran and the weights it got: the scoring runs
+on the main process alone, and every rank must still get the same weights.
 """
 
 import json
 import sys
 
 import torch
+from accelerate import PartialState
 
 from cft_rl.cpu import QUIET_CPU_RUN
+from cft_rl.sft.selection import prepare_dataset
 from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer, end_processes
 from cft_rl.toy.build import load_toy
 
@@ -37,6 +43,7 @@ def main() -> None:
         seed=0,
     )
     train = data["train"].select(range(8))
+    _entropy_control(model, tokenizer, train, out)
     trainer = SelectiveSFTTrainer(model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
     if trainer.accelerator.is_main_process:
@@ -52,6 +59,19 @@ def main() -> None:
         with open(out, "w") as handle:
             json.dump(result, handle)
     end_processes()  # else a rank can abort at exit
+
+
+def _entropy_control(model, tokenizer, train, out: str) -> None:
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    args = SelectiveSFTConfig(
+        output_dir=out + ".entropy", strategy="entropy", selection_fraction=0.25, **QUIET_CPU_RUN
+    )
+    prepared, _ = prepare_dataset(train, tokenizer, args, model)
+    hook.remove()
+    rank = PartialState().process_index
+    with open(f"{out}.rank{rank}.json", "w") as handle:
+        json.dump({"forwards": len(forwards), "loss_weights": list(prepared["loss_weights"])}, handle)
 
 
 if __name__ == "__main__":

@@ -168,7 +168,9 @@ def test_bad_rows_are_counted_not_fatal(toy_dir, tmp_path):
     assert datasets.load_from_disk(str(out))["id"] == ["normal"]
 
 
-def test_self_generated_solutions_are_verified(toy_dir, good_rows, tmp_path):
+def test_self_generated_solutions_run_end_to_end(toy_dir, good_rows, tmp_path):
+    # The real generator writes the solutions (which reason applies to each is then unknown: that is
+    # tested with scripted solutions in test_each_self_solution_is_skipped_for_its_own_reason).
     # max_solution_tokens=1: a correct self-solution is skipped as too long, so nothing costly runs.
     run_annotation(
         _config(
@@ -290,3 +292,203 @@ def test_each_launcher_worker_loads_on_its_own_gpu(toy_dir, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     load_model(str(toy_dir))
     assert moved == ["cuda:3"]
+
+
+# --- no lost work (issue 15) -----------------------------------------------------------------------
+
+
+def _unreadable_rows(path: Path) -> Path:
+    q = "Ann has 2 apples and buys 3 more. How many apples does Ann have now?"
+    return _write_jsonl(path, [{"id": f"no-gold-{i}", "question": q, "answer": ""} for i in range(2)])
+
+
+@pytest.mark.parametrize("case", ["limit 0", "every row unreadable"])
+def test_nothing_left_to_annotate_with_the_fast_engine(toy_dir, good_rows, tmp_path, case):
+    # The fast engine is the default; with no row to annotate no model is loaded, and none is needed.
+    data = good_rows if case == "limit 0" else _unreadable_rows(tmp_path / "bad.jsonl")
+    limit = 0 if case == "limit 0" else None
+    config = AnnotateConfig(model=str(toy_dir), dataset=str(data), out=str(tmp_path / "out"), limit=limit)
+    dataset = datasets.load_from_disk(str(run_annotation(config)))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(dataset) == 0 and summary["annotated"] == 0
+    assert summary["total_rows"] == (0 if case == "limit 0" else 2)
+
+
+@pytest.fixture(scope="module")
+def all_skipped(toy_dir, tmp_path_factory):
+    """An annotation whose every row was skipped, run through the CLI (fast engine): (out, console)."""
+    import contextlib
+    import io
+
+    q = "Ann has 2 apples and buys 3 more. How many apples does Ann have now?"
+    rows = [
+        {"id": "no-solution", "question": q, "answer": "5", "solution": ""},
+        {"id": "bad-gold", "question": q, "answer": "\\frac{", "solution": "So \\boxed{5}."},
+        {"id": "no-solution-2", "question": q, "answer": "7", "solution": " "},
+    ]
+    tmp = tmp_path_factory.mktemp("skipped")
+    data, out = _write_jsonl(tmp / "rows.jsonl", rows), tmp / "out"
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        argv = ["annotate", "--model", str(toy_dir), "--dataset", str(data), "--out", str(out)]
+        assert main([*argv, "--source", "dataset"]) == 0
+    return out, console.getvalue()
+
+
+def test_an_all_skipped_annotation_says_why(all_skipped):
+    out, console = all_skipped
+    assert "0 of 3 rows annotated; skipped: 1 bad_gold, 2 no_solution" in console
+
+
+def test_an_all_skipped_annotation_loads_with_every_column(all_skipped, one_shard):
+    from cft_rl.annotate.rows import record_features
+
+    out, _ = all_skipped
+    empty = datasets.load_from_disk(str(out / "dataset"))
+    assert len(empty) == 0
+    # The declared columns are exactly those of a real annotation, types included.
+    assert empty.features == record_features() == one_shard[0].features
+
+
+def test_render_reads_an_all_skipped_annotation(all_skipped, tmp_path, capsys):
+    out, _ = all_skipped
+    html = tmp_path / "page.html"
+    assert main(["render", str(out), "--no-color", "--html", str(html)]) == 0
+    printed = capsys.readouterr().out
+    assert "holds no annotated rows (0 of 3 rows annotated; skipped: 1 bad_gold, 2 no_solution)" in printed
+    assert "No rows." in html.read_text()
+
+
+def test_sft_reads_an_all_skipped_annotation_and_refuses_clearly(all_skipped, toy_dir, tmp_path):
+    from cft_rl.sft.selection import SelectionError, prepare_dataset
+    from cft_rl.sft.trainer import SelectiveSFTConfig, load_checkpoint_tokenizer, load_sft_dataset
+
+    out, _ = all_skipped
+    train = load_sft_dataset(str(out), "train")
+    assert len(train) == 0 and "critical_spans" in train.column_names
+    args = SelectiveSFTConfig(output_dir=str(tmp_path), strategy="critical", use_cpu=True, bf16=False)
+    with pytest.raises(SelectionError, match="selects no token in any of the 0 rows"):
+        prepare_dataset(train, load_checkpoint_tokenizer(str(toy_dir)), args)
+
+
+def _scripted_solutions(monkeypatch, texts: dict[str, str]):
+    """The judge writes ``texts[question]`` as its own solution instead of generating (the real model
+    and verifier stay: only what the model says is fixed, so every skip reason is known in advance)."""
+    from types import SimpleNamespace
+
+    import cft_rl.annotate.judge as models
+
+    real = models.load_judge
+
+    class Scripted:
+        def generate(self, prompts, **_):
+            question = next(q for q in texts if q in prompts[0][-1]["content"])
+            return [[SimpleNamespace(text=texts[question])]]
+
+    monkeypatch.setattr(
+        models,
+        "load_judge",
+        lambda config: SimpleNamespace(**{**vars(real(config)), "generator": Scripted()}),
+    )
+
+
+def test_each_self_solution_is_skipped_for_its_own_reason(toy_dir, tmp_path, monkeypatch):
+    # One self-solution per reason: right but too long (max_solution_tokens=1), wrong, empty. The
+    # verdicts then depend on both the verifier and the length check: without the verifier the wrong
+    # one would pass as too long, without the length check the right one would be annotated.
+    texts = {"2 apples": "So \\boxed{5}.", "4 pears": "So \\boxed{7}.", "6 plums": "  "}
+    _scripted_solutions(monkeypatch, texts)
+    rows = [
+        {"id": "right", "question": "Ann has 2 apples and buys 3 more. How many?", "answer": "5"},
+        {"id": "wrong", "question": "Bob has 4 pears and buys 2 more. How many?", "answer": "6"},
+        {"id": "empty", "question": "Cy has 6 plums and eats 1. How many?", "answer": "5"},
+    ]
+    for row in rows:
+        row["solution"] = f"\\boxed{{{row['answer']}}}"  # the dataset's solution, unused with source=self
+    data = _write_jsonl(tmp_path / "rows.jsonl", rows)
+    run_annotation(_config(toy_dir, data, tmp_path / "out", source="self", max_solution_tokens=1))
+    records, _ = read_shard(shard_path(tmp_path / "out", 0, 1))
+    reasons = {r["id"]: r.get("skipped") for r in records}
+    assert reasons == {"right": "too_long", "wrong": "wrong_self_solution", "empty": "empty_solution"}
+
+
+def test_skips_are_on_disk_as_they_are_decided(toy_dir, tmp_path, monkeypatch):
+    # Rows 0 and 1 are skipped, row 2 goes to the engine, which dies (a kill mid-decode) before it
+    # finishes any row: the two skips must already be on disk, and the rerun must not decide them again.
+    import cft_rl.annotate.engine as fast
+    import cft_rl.annotate.rows as annotate_rows
+
+    q = "Ann has 2 apples and buys 3 more. How many apples does Ann have now?"
+    rows = [
+        {"id": "bad-gold", "question": q, "answer": "\\frac{", "solution": "So \\boxed{5}."},
+        {"id": "no-solution", "question": q, "answer": "5", "solution": " "},
+        {"id": "normal", "question": q, "answer": "5", "solution": "\\boxed{5}"},
+    ]
+    data, out = _write_jsonl(tmp_path / "rows.jsonl", rows), tmp_path / "out"
+    config = AnnotateConfig(model=str(toy_dir), dataset=str(data), out=str(out), source="dataset")
+    config.max_continuation_tokens = 5
+
+    def dies_mid_decode(model, tokenizer, examples, *args, **kwargs):
+        list(examples)  # the engine has read every row it was given (and so the skips were decided)
+        raise RuntimeError("killed")
+        yield  # a generator, as the real engine
+
+    real_engine = fast.annotate_many
+    monkeypatch.setattr(fast, "annotate_many", dies_mid_decode)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_annotation(config)
+    records, done = read_shard(shard_path(out, 0, 1))
+    assert done is None and {r["id"]: r["skipped"] for r in records} == {
+        "bad-gold": "bad_gold",
+        "no-solution": "no_solution",
+    }
+
+    monkeypatch.setattr(fast, "annotate_many", real_engine)
+    prepared = []
+    real_prepare = annotate_rows.prepare_row
+    monkeypatch.setattr(
+        annotate_rows,
+        "prepare_row",
+        lambda config, judge, row, index: prepared.append(index) or real_prepare(config, judge, row, index),
+    )
+    dataset = datasets.load_from_disk(str(run_annotation(config)))
+    assert prepared == [2] and dataset["id"] == ["normal"]  # only the row in flight was redone
+
+
+def test_a_run_that_failed_before_any_row_does_not_lock_its_out(toy_dir, good_rows, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises((OSError, ValueError), match="no-such-model"):
+        run_annotation(_config(tmp_path / "no-such-model", good_rows, out, limit=1))
+    assert _complete_rows(shard_path(out, 0, 1)) == 0
+    # Fixed model, and other settings too: nothing was written, so there is nothing to protect.
+    dataset = run_annotation(_config(toy_dir, good_rows, out, limit=1, num_alternatives=1))
+    assert len(datasets.load_from_disk(str(dataset))) == 1
+
+
+def test_relative_and_absolute_paths_are_the_same_run(toy_dir, good_rows, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run_annotation(_config(toy_dir, good_rows, out, limit=0))
+    monkeypatch.chdir(toy_dir.parent)
+    relative = (Path(toy_dir.name), Path(os.path.relpath(good_rows, toy_dir.parent)))
+    run_annotation(_config(*relative, out, limit=0))  # the same files: it resumes, no refusal
+    with pytest.raises(ValueError, match=r"other \['limit'\]"):  # a real change is still refused
+        run_annotation(_config(toy_dir, good_rows, out, limit=1))
+
+
+def test_shard_progress_moves_before_any_row_finishes(toy_dir, good_rows, tmp_path, monkeypatch):
+    # The bar counts rows, but a row under annotation counts the share of its positions judged so far:
+    # with several rows decoded together, whole rows finish only near the end of the run.
+    import tqdm.auto
+
+    seen = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            seen.append(self.n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    config = _config(toy_dir, good_rows, tmp_path, engine="fast", batch_size=2, limit=2)
+    run_annotation(config)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(2)
+    assert any(0 < n < 1 for n in seen), f"the bar moved only by whole rows: {seen}"

@@ -126,8 +126,18 @@ def test_curve_stats_entropy_collapse_and_fit_by_hand():
     assert entropy_collapse(steps, ent, 0.2) is None
     h = np.array([0.2, 0.5, 0.9, 1.3])
     fit = fit_entropy_reward(h, -2 * np.exp(h) + 5)
-    assert fit == pytest.approx({"a": 2.0, "b": 5.0, "ceiling": 3.0, "r2": 1.0, "points": 4})
-    assert fit_entropy_reward([0.5, 0.5, 0.5], [1, 2, 3]) is None  # entropy never moves: no fit
+    assert fit == pytest.approx(
+        {"a": 2.0, "b": 5.0, "ceiling": 3.0, "r2": 1.0, "points": 4, "degenerate": None}
+    )
+    none = {"a": None, "b": None, "ceiling": None, "r2": None}
+    assert fit_entropy_reward([0.5, 0.5, 0.5], [1, 2, 3]) == {
+        **none,
+        "points": 3,
+        "degenerate": "entropy constant",
+    }
+    # A constant reward is "fitted" exactly, but R² is 0 / 0 there: no fit, not R² = 1.
+    assert fit_entropy_reward(h, [0.5] * 4) == {**none, "points": 4, "degenerate": "reward constant"}
+    assert fit_entropy_reward(h[:2], [0, 1])["degenerate"] == "too few points (2, need 3)"
 
 
 def _row(markdown, metric, label):
@@ -168,10 +178,28 @@ def test_fit_reports_the_implied_reward_ceiling(tmp_path):
         history([10, 20, 30, 40], entropy=h.tolist(), reward=(1.5 - 0.5 * np.exp(h)).tolist()),
     )
     report = build_report(CompareConfig(runs=[str(run)], fit=True, out=str(tmp_path / "o")))
-    assert report.fits["exact"] == pytest.approx({"a": 0.5, "b": 1.5, "ceiling": 1.0, "r2": 1.0, "points": 4})
+    expected = {"a": 0.5, "b": 1.5, "ceiling": 1.0, "r2": 1.0, "points": 4, "degenerate": None}
+    assert report.fits["exact"] == pytest.approx(expected)
     flat = write_run(tmp_path / "flat", history([10, 20], entropy=[1.0, 1.0], reward=[0.1, 0.2]))
     report = build_report(CompareConfig(runs=[str(flat)], fit=True, out=str(tmp_path / "o")))
-    assert report.fits["flat"] is None and any("no fit" in n for n in report.notes)
+    assert report.fits["flat"]["degenerate"].startswith("too few points")
+    assert any("degenerate" in n and "no fit" in n for n in report.notes)
+
+
+def test_fit_on_a_constant_reward_is_reported_degenerate_not_r2_one(tmp_path):
+    from cft_rl.cli import main
+
+    steps = [10, 20, 30, 40]
+    run = write_run(tmp_path / "const", history(steps, entropy=[1.0, 0.8, 0.6, 0.4], reward=[0.25] * 4))
+    out = tmp_path / "report"
+    assert main(["compare", str(run), "--out", str(out), "--fit", "--metrics", "reward"]) == 0
+    markdown = (out / "report.md").read_text()
+    fit_section = markdown.split("## Fit")[1]
+    fit_row = next(line for line in fit_section.splitlines() if line.startswith("| const |"))
+    assert "degenerate: reward constant" in fit_row and "| 1 |" not in fit_row
+    assert "const: degenerate: reward constant over the 4 steps" in markdown
+    fits = json.loads((out / "report.json").read_text())["fits"]
+    assert fits["const"]["r2"] is None and fits["const"]["degenerate"] == "reward constant"
 
 
 def test_compare_rejects_an_unknown_metric_on_the_command_line(runs, tmp_path, capsys):

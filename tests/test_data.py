@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import sys
 from pathlib import Path
 
 import datasets
@@ -208,13 +208,41 @@ def test_last_boxed_content(text, expected):
     assert last_boxed_content(text) == expected
 
 
+def _python_lines(function, *args) -> int:
+    """How many Python lines ``function(*args)`` executes: a count of its work that no clock or
+    machine load changes."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        function(*args)
+    finally:
+        sys.settrace(previous)
+    return count
+
+
 def test_last_boxed_content_is_linear():
-    deep = "\\boxed{" + "{" * 10_000 + "x" + "}" * 10_000 + "}"
-    unbalanced = "\\boxed{" + "{" * 200_000
-    start = time.perf_counter()
-    assert last_boxed_content(deep) == "{" * 10_000 + "x" + "}" * 10_000
-    assert last_boxed_content(unbalanced) is None
-    assert time.perf_counter() - start < 1.0
+    def deep(n):
+        return "\\boxed{" + "{" * n + "x" + "}" * n + "}"
+
+    def unbalanced(n):
+        return "\\boxed{" + "{" * n
+
+    def many_boxes(n):
+        return " ".join(["\\boxed{1}"] * n)  # a brace search per box would be quadratic
+
+    assert last_boxed_content(deep(10_000)) == "{" * 10_000 + "x" + "}" * 10_000
+    assert last_boxed_content(unbalanced(200_000)) is None
+    for text in (deep, unbalanced, many_boxes):
+        small, large = (_python_lines(last_boxed_content, text(n)) for n in (2_000, 8_000))
+        assert large <= 4.4 * small + 100, (text.__name__, small, large)  # 4x the input, ~4x the work
 
 
 # --- bad input -----------------------------------------------------------------------------------

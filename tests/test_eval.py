@@ -215,3 +215,29 @@ def test_cli_eval_on_the_toy_model_and_a_benchmark_slice(toy_dir, tmp_path, caps
     assert "unknown benchmark 'gsm9k'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nowhere"), "svamp", "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_results_made_with_other_settings_are_kept_not_overwritten(toy_dir, tmp_path):
+    from cft_rl.toy.build import load_toy
+
+    model, tokenizer, _ = load_toy(toy_dir)
+    backend = HFGenerator(model, tokenizer, batch_size=2)
+    out = tmp_path / "eval"
+    first = EvalConfig(
+        model=str(toy_dir), benchmarks=[str(toy_dir)], out=str(out), limit=2, max_new_tokens=4, progress=False
+    )
+    run_eval(first, backend=backend)
+    old = {name: (out / name).read_bytes() for name in ("toy-test.json", "toy-test.parquet")}
+    changed = EvalConfig(**{**vars(first), "max_new_tokens": 6})
+    new = run_eval(changed, backend=backend)["toy-test"]
+    assert new["settings"]["max_new_tokens"] == 6
+    assert json.loads((out / "toy-test.json").read_text())["settings"]["max_new_tokens"] == 6
+    [kept] = (out / ".superseded").iterdir()
+    assert kept.name.startswith("toy-test.")
+    assert {name: (kept / name).read_bytes() for name in old} == old  # the old results, whole
+    # Back to the first settings: the second results are kept in their turn, beside the first.
+    run_eval(first, backend=backend)
+    assert len(list((out / ".superseded").iterdir())) == 2
+    # The same settings with overwrite redo the benchmark in place: nothing else to keep.
+    run_eval(EvalConfig(**{**vars(first), "overwrite": True}), backend=backend)
+    assert len(list((out / ".superseded").iterdir())) == 2

@@ -245,15 +245,27 @@ def test_entropy_by_token_class():
 # --- across processes ------------------------------------------------------------------------------
 
 
-def test_split_groups_gathered_equal_one_process():
-    # 3 groups of G=4 over 2 processes of 6 rows: group 1 is split between them.
-    rewards = [1.0, 0.0, 0.0, 0.0, 1.2, 1.2, 0.2, 0.0, 1.0, 1.0, 1.0, 1.0]
-    texts = [rf"step {i % 3} so \boxed{{{i % 2}}}" for i in range(12)]
-    whole = group_metrics(rewards, texts, 4)
-    gathered = group_metrics(rewards[:6] + rewards[6:], texts[:6] + texts[6:], 4)
-    assert gathered == whole
+def test_a_group_split_between_processes_is_scored_as_one_group():
+    # 3 groups of G=4 gathered from 2 processes of 6 rows, in process order (as TRL and the monitor
+    # gather): group 1 is rows 4-5 of rank 0 and rows 0-1 of rank 1.
+    rank0 = [(1.0, "1"), (0.0, "1"), (0.0, "2"), (0.0, "3"), (1.2, "4"), (1.2, "4")]
+    rank1 = [(0.2, "4"), (0.0, "5"), (1.0, "6"), (1.0, "6"), (1.0, "6"), (1.0, "6")]
+
+    def metrics(rows):
+        return group_metrics([r for r, _ in rows], [rf"so \boxed{{{a}}}" for _, a in rows], 4)
+
+    m = metrics(rank0 + rank1)
+    # Groups [1, 0, 0, 0], [1.2, 1.2, 0.2, 0], [1, 1, 1, 1]: only the last has one reward.
+    assert m["explore/frac_zero_std"] == pytest.approx(1 / 3)
+    # Correct (reward >= 1): 1, 2 and 4 of 4.
+    assert m["explore/pass@1"] == pytest.approx((1 / 4 + 2 / 4 + 4 / 4) / 3)
+    assert m["explore/pass@4"] == 1.0
+    # Answers {1, 2, 3}, {4, 5}, {6}.
+    assert m["explore/distinct_answers"] == pytest.approx((3 + 2 + 1) / 3)
+    # The numbers depend on the rows' order: gathered rank 1 first, the groups would be others.
+    assert metrics(rank1 + rank0)["explore/frac_zero_std"] == 0.0
     with pytest.raises(ValueError, match="6 rows"):  # a rank alone cannot compute group statistics
-        group_metrics(rewards[:6], texts[:6], 4)
+        metrics(rank0)
     # Percentiles are of the gathered tokens: rank 0 holds [0, 0, 0, 0], rank 1 holds [10].
     # The median of all five is 0; the mean of the per-rank medians would be 5.
     assert entropy_metrics([0.0] * 4 + [10.0])["entropy/p50"] == 0.0

@@ -83,11 +83,43 @@ def test_settings_that_do_not_change_results_rerun_nothing(tmp_path):
         ("sft.arms=[full, critical, nonsense]", r"unknown strategy 'nonsense'"),
         ("grpo.seeds=[0, 0]", r"seed twice"),
         ("eval.models=[base, grpoo]", r"grpoo"),
+        # values of the wrong type (issue 15): named with the key, the value and the expected type
+        (
+            "grpo.learning_rate=abc",
+            r"grpo\.learning_rate = 'abc' \(str\).*GRPORunConfig\.learning_rate.*float",
+        ),
+        ("annotate.num_alternatives=two", r"annotate\.num_alternatives = 'two'.*takes int"),
+        ("eval.temperature=1e-3", r"eval\.temperature = '1e-3'.*float.*YAML reads 1e-3 as text"),
+        ("sft.arms=[full, {name: critical, strategy: critical, learning_rate: x}]", r"'critical'.*= 'x'"),
+        ("grpo.max_steps=2.5", r"grpo\.max_steps = 2\.5 \(float\).*int"),
+        ("toy.task={max_steps: x}", r"toy\.task\.max_steps = 'x'"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, override, message):
     with pytest.raises(RecipeError, match=message):
         _recipe(tmp_path, override)
+
+
+def test_values_that_parse_as_their_type_pass(tmp_path):
+    # TRL's configs read the YAML the pipeline writes as flags: "3e-4" (text in YAML) is a float there.
+    recipe = _recipe(tmp_path, "grpo.learning_rate=3e-4", "sft.bf16=false", "annotate.limit=null")
+    assert recipe.grpo["learning_rate"] == "3e-4" and recipe.annotate["limit"] is None
+
+
+def test_a_bad_value_moves_nothing(tmp_path, capsys):
+    # A finished pipeline (its manifests), then a --set value of the wrong type for a stage that would
+    # rerun: the error comes before any stage runs, and no finished stage is moved to .superseded.
+    from cft_rl.cli import main
+    from cft_rl.pipeline.run import write_manifest
+
+    stages = plan(_recipe(tmp_path))
+    for stage in stages:
+        write_manifest(tmp_path, stage, status="done", outputs={})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["pipeline", str(SMOKE), "--set", f"output_dir={tmp_path}", "grpo.learning_rate=abc"]) == 2
+    assert "grpo.learning_rate = 'abc'" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert all(status(tmp_path, s) == "done" for s in stages)
 
 
 def test_arms_take_settings_and_names(tmp_path):
@@ -147,12 +179,21 @@ def test_pipeline_runs_end_to_end(finished):
     assert json.loads((root / "eval/base/summary.json").read_text())["benchmarks"]
 
 
-def test_rerun_skips_finished_stages(finished):
+def test_rerun_skips_finished_stages(finished, monkeypatch):
+    # A rerun of a finished pipeline runs no job at all and leaves every manifest as it was.
+    import cft_rl.pipeline.run as pipeline
+
     root, recipe, _ = finished
-    start = time.perf_counter()
+    before = {s.name: read_manifest(root, s) for s in plan(recipe)}
+
+    def must_not_run(stage, root):
+        raise AssertionError(f"{stage.name} ran again")
+
+    monkeypatch.setattr(pipeline, "RUNNERS", dict.fromkeys(pipeline.RUNNERS, must_not_run))
     results = run_pipeline(recipe, echo=lambda *_: None)
     assert {r.status for r in results} == {"done"}
-    assert time.perf_counter() - start < 20
+    assert {r.name: r.outputs for r in results} == {n: m["outputs"] for n, m in before.items()}
+    assert {s.name: read_manifest(root, s) for s in plan(recipe)} == before
 
 
 def test_killed_pipeline_resumes_from_the_checkpoint(finished, tmp_path):

@@ -2,23 +2,24 @@
 
 import asyncio
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cft_rl import answers
 from cft_rl.answers import extract_answer, last_boxed_content
 from cft_rl.verify import verifier as rewards
 from cft_rl.verify.verifier import check, format_reward, get_reward_func, math_reward, verify, verify_batch
 
+# Short, so the runaway cases below cost little. How long a call takes at worst is measured by
+# scripts/bench_verifier.py (docs/benchmarks.md); tests check behaviour, never the clock.
 TIMEOUT = 1.0
-BOUND = TIMEOUT + 1.0  # the promise: any call returns within timeout + 1 s
 
 
 @pytest.fixture(scope="module", autouse=True)
 def warm_workers():
-    rewards.warmup()  # the bound excludes the one-off worker start
+    rewards.warmup()  # the one-off worker start is not charged to any verification
 
 
 @pytest.mark.parametrize(
@@ -54,12 +55,22 @@ def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
-def test_extraction_is_linear_on_adversarial_text():
-    start = time.monotonic()
-    assert extract_answer("\\boxed{" * 100_000) is None
-    assert extract_answer("{" * 10_000 + "}" * 10_000 + r"\boxed{4}") == "4"
+def test_extraction_is_linear_on_adversarial_text(monkeypatch):
+    """However many boxes and braces a text holds, its braces are matched in one pass, once: a
+    search that rescanned the text per box would be quadratic on these."""
     assert last_boxed_content("x" * 1_000_000 + r"\boxed{5}") == "5"
-    assert time.monotonic() - start < 2.0
+    texts = ["\\boxed{" * 100_000, "{" * 10_000 + "}" * 10_000 + r"\boxed{4}", "\\boxed{1}. " * 50_000]
+    scanned = []
+    real = answers.match_braces
+
+    def match_braces_once(text):
+        scanned.append(len(text))
+        assert len(scanned) <= len(texts), "braces matched again for the same text"
+        return real(text)
+
+    monkeypatch.setattr(answers, "match_braces", match_braces_once)
+    assert [extract_answer(t) for t in texts] == [None, "4", "1"]
+    assert scanned == [len(t) for t in texts]
 
 
 VERIFY_CASES = [
@@ -105,10 +116,16 @@ PATHOLOGICAL = rewards.PATHOLOGICAL_INPUTS
 
 
 @pytest.mark.parametrize("prediction, gold", PATHOLOGICAL, ids=range(len(PATHOLOGICAL)))
-def test_pathological_inputs_return_zero_in_time(prediction, gold):
-    start = time.monotonic()
-    assert verify(prediction, gold, timeout=TIMEOUT) == 0.0
-    assert time.monotonic() - start < BOUND
+def test_pathological_inputs_score_zero_with_a_verdict(prediction, gold):
+    verdict = check(prediction, gold, timeout=TIMEOUT)
+    assert verdict.score in (0.0, None)
+    assert verdict.status in {"timeout", "no_answer", "wrong", "bad_gold"}
+
+
+@pytest.mark.parametrize("prediction, gold", PATHOLOGICAL[:3], ids=range(3))
+def test_a_runaway_sympy_job_is_cut_off_by_the_timeout(prediction, gold):
+    """Towers sympy would work on for hours: the guard kills the job and says so."""
+    assert check(prediction, gold, timeout=TIMEOUT).status == "timeout"
 
 
 def test_worker_thread_gives_the_same_results_as_main_thread():
@@ -123,19 +140,29 @@ def test_worker_thread_gives_the_same_results_as_main_thread():
 
 
 def test_async_context_keeps_the_bound():
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
     async def main():
-        start = time.monotonic()
+        beat = asyncio.create_task(ticker())
         slow, fine = await asyncio.gather(
             rewards.averify(r"\boxed{9^{9^{9^{9}}}}", "5", timeout=TIMEOUT),
             rewards.averify(r"\boxed{3}", "3"),
         )
+        during = ticks  # the loop ran while the runaway job waited out its timeout in a thread
+        beat.cancel()
         # a plain synchronous call inside a running loop works too (TRL calls sync rewards there)
         inline = verify(r"\boxed{4}", "4")
-        return slow, fine, inline, time.monotonic() - start
+        return slow, fine, inline, during
 
-    slow, fine, inline, took = asyncio.run(main())
+    slow, fine, inline, during = asyncio.run(main())
     assert (slow, fine, inline) == (0.0, 1.0, 1.0)
-    assert took < BOUND + 1.0
+    assert during > 0
 
 
 def test_batch_matches_single_calls_and_spreads_over_workers():
@@ -185,11 +212,10 @@ fuzz_text = st.one_of(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(prediction=fuzz_text, gold=st.one_of(fuzz_text, st.none(), st.integers(), st.floats()))
-def test_fuzz_never_raises_and_never_outlasts_its_bound(prediction, gold):
-    start = time.monotonic()
-    score = verify(prediction, gold, timeout=TIMEOUT)
-    assert score in (0.0, 1.0)
-    assert time.monotonic() - start < BOUND
+def test_fuzz_never_raises(prediction, gold):
+    verdict = check(prediction, gold, timeout=TIMEOUT)
+    assert verdict.score in (0.0, 1.0, None)
+    assert verdict.status in {"correct", "wrong", "no_answer", "unparsed_answer", "bad_gold", "timeout"}
 
 
 def test_math_reward_has_trls_shape():

@@ -206,6 +206,12 @@ def test_two_processes_normalise_like_one(toy_dir, tmp_path, two_cpu_processes):
     assert a["selected_per_micro_batch"][0] != a["selected_per_micro_batch"][1]
     assert b["losses"] == pytest.approx(a["losses"], abs=1e-6)
     assert max(abs(x - y) for x, y in zip(a["weights_head"], b["weights_head"], strict=True)) < 1e-6
+    # The entropy control: scored by the main process alone, the same selection on every rank.
+    alone, first, second = (
+        json.loads(Path(f"{p}.rank{r}.json").read_text()) for p, r in [(one, 0), (two, 0), (two, 1)]
+    )
+    assert alone["forwards"] > 0 and first["forwards"] == alone["forwards"] and second["forwards"] == 0
+    assert first["loss_weights"] == second["loss_weights"] == alone["loss_weights"]
 
 
 # --- training runs: full, LoRA, SFTKey, the command line -------------------------------------------

@@ -45,15 +45,19 @@ class BranchPool:
 
     ``add_sequence`` runs one forward over a sequence, keeps its keys and values and returns its
     logits; ``submit`` queues a branch; ``step`` feeds every live row one token and returns the
-    branches that ended (eos generated, or their token budget spent); ``release`` frees a sequence
-    once no branch of it is queued or live. Up to ``capacity`` rows decode at once.
+    branches that ended (one of the ``stops`` token ids generated, or their token budget spent);
+    ``release`` frees a sequence once no branch of it is queued or live. Up to ``capacity`` rows
+    decode at once.
     """
 
-    def __init__(self, model, eos: int, capacity: int = 256):
+    def __init__(self, model, stops: list[int], capacity: int = 256):
         if capacity < 1:
             raise ValueError(f"capacity (the batch size) must be at least 1, got {capacity}")
-        self.model, self.eos, self.capacity = model, eos, capacity
+        if not stops:
+            raise ValueError("a branch pool needs at least one stop token id")
+        self.model, self.stops, self.capacity = model, frozenset(stops), capacity
         self.device = model.device
+        self._stop_ids = torch.tensor(sorted(self.stops), dtype=torch.long, device=self.device)
         self.queue: deque = deque()
         self._ended: list[tuple[object, list[int]]] = []
         # Shared sequences: per layer (keys, values) [slots, kv_heads, length, dim], padded.
@@ -113,10 +117,10 @@ class BranchPool:
 
     def submit(self, key, handle: int, prefix_len: int, token: int, budget: int) -> None:
         """Queue the branch ``sequence[:prefix_len] + [token]``, to be continued by up to ``budget``
-        greedy tokens; a later ``step`` returns ``(key, tail)``, the tail ending in eos if reached."""
+        greedy tokens; a later ``step`` returns ``(key, tail)``, the tail ending in a stop token if reached."""
         if not 1 <= prefix_len <= self._seq_len[handle]:
             raise ValueError(f"prefix_len {prefix_len} is outside the sequence (1..{self._seq_len[handle]})")
-        if token == self.eos or budget <= 0:
+        if token in self.stops or budget <= 0:
             self._ended.append((key, []))  # nothing to continue, as generate would do
         else:
             self.queue.append((key, handle, prefix_len, token, budget))
@@ -151,7 +155,7 @@ class BranchPool:
         r["tokens"][torch.arange(len(greedy), device=self.device), r["len"]] = greedy
         r["len"] += r["live"]
         r["next"] = greedy
-        done = (r["live"] & ((greedy == self.eos) | (r["len"] >= r["budget"]))).nonzero()[:, 0]
+        done = (r["live"] & (torch.isin(greedy, self._stop_ids) | (r["len"] >= r["budget"]))).nonzero()[:, 0]
         if len(done):
             for b, tokens, n in zip(
                 done.tolist(), r["tokens"][done].tolist(), r["len"][done].tolist(), strict=True

@@ -8,7 +8,7 @@ verdicts but changes how the work is done:
    distribution *and* the keys and values of every prefix ``prompt + y_<t`` (a causal model's cache
    for a prefix is a slice of it).
 2. **Branches of many solutions decode together**, continuously batched
-   (:class:`cft_rl.annotate.branches.BranchPool`): a row whose continuation ends (eos, or the budget)
+   (:class:`cft_rl.annotate.branches.BranchPool`): a row whose continuation ends (a stop token, or the budget)
    takes the next queued branch at once, and new solutions are ranked and queued as the queue runs
    low, so the batch stays full instead of draining solution by solution. Branches read their
    solution's cache in place (cascade attention, no per-row copy of the shared prefix).
@@ -18,7 +18,7 @@ verdicts but changes how the work is done:
 4. **Verification** of all branches ended in a step in one ``check_batch``, memoised on the
    extracted answer (a verdict depends only on it and the gold answer).
 
-Continuations run to eos or the token budget exactly as in the reference (no early stop at the first
+Continuations run to a stop token (:func:`cft_rl.generation.stop_token_ids`) or the token budget exactly as in the reference (no early stop at the first
 ``\\boxed{}``: a later box would change :func:`cft_rl.answers.extract_answer`). Exactness caveat:
 batched and unbatched float32 arithmetic can differ in the last bits, so a greedy argmax on a near-tie
 could in principle flip, and which solutions share a batch (hence the number of shards) could in
@@ -46,6 +46,7 @@ from cft_rl.annotate.rule import (
     top_tokens,
 )
 from cft_rl.answers import extract_answer
+from cft_rl.generation import stop_token_ids, vllm_generation_config
 from cft_rl.verify.verifier import Verdict, check_batch
 
 
@@ -53,7 +54,7 @@ class HFBackend(BranchPool):
     """:class:`BranchPool` on a Hugging Face causal LM, with ranking: branches of ``batch_size`` rows."""
 
     def __init__(self, model, tokenizer, batch_size: int = 1024):
-        super().__init__(model, tokenizer.eos_token_id, batch_size)  # it checks batch_size
+        super().__init__(model, stop_token_ids(model, tokenizer), batch_size)  # it checks batch_size
 
     def add(self, ids: list[int], top: int) -> tuple[int, list[list[int]]]:
         """``(handle, ranked)``: row ``j`` of ranked holds the ``top`` likeliest tokens after ``ids[: j + 1]``,
@@ -79,7 +80,8 @@ class VLLMBackend:
     """
 
     def __init__(self, llm, tokenizer, batch_size: int = 4096):
-        self.llm, self.eos, self.capacity = llm, tokenizer.eos_token_id, batch_size
+        self.llm, self.capacity = llm, batch_size
+        self.stops = stop_token_ids(vllm_generation_config(llm), tokenizer)
         self.queue: list[tuple] = []
         self._ended: list[tuple[object, list[int]]] = []
         self._sequences: dict[int, list[int]] = {}
@@ -102,7 +104,7 @@ class VLLMBackend:
         return handle, rows
 
     def submit(self, key, handle: int, prefix_len: int, token: int, budget: int) -> None:
-        if token == self.eos or budget <= 0:
+        if token in self.stops or budget <= 0:
             self._ended.append((key, []))
         else:
             self.queue.append((key, self._sequences[handle][:prefix_len] + [token], budget))
@@ -120,7 +122,7 @@ class VLLMBackend:
         ended, self._ended, queued, self.queue = self._ended, [], self.queue, []
         for budget in sorted({b for _, _, b in queued}):
             batch = [(key, prefix) for key, prefix, b in queued if b == budget]
-            params = SamplingParams(temperature=0.0, max_tokens=budget, stop_token_ids=[self.eos])
+            params = SamplingParams(temperature=0.0, max_tokens=budget, stop_token_ids=self.stops)
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for _, p in batch], params)
             ended += [(key, list(o.outputs[0].token_ids)) for (key, _), o in zip(batch, outputs, strict=True)]
         return ended
@@ -142,6 +144,7 @@ class _Solution:
     alternatives: list[list[int]]
     verdicts: dict[tuple[int, int], Verdict] = field(default_factory=dict)
     pending: int = 0  # branches submitted, verdict not in yet
+    judged: int = 0  # positions whose last verdict is in (for progress reports)
 
 
 @torch.no_grad()
@@ -154,12 +157,16 @@ def annotate_many(
     batch_size: int = 1024,
     backend=None,
     eager_alternatives: bool = False,
+    on_progress=None,
 ) -> Iterator[tuple[object, list[TokenAnnotation]]]:
     """:func:`annotate_reference`'s annotations of many solutions, decoded together.
 
     ``examples`` yields ``(key, prompt_messages, solution, gold)`` and is read lazily, a solution at a
     time as the decode queue runs low. Yields ``(key, annotations)`` as each solution is finished,
-    which is not necessarily the input order.
+    which is not necessarily the input order. ``on_progress(key, judged, positions)``, if given, is
+    called after every decoding step for each solution that got verdicts in it: ``judged`` of its
+    ``positions`` token positions have their final verdict (a solution's branches end at many
+    different steps, and it is finished only when the last one has).
     """
     backend = backend or HFBackend(model, tokenizer, batch_size)
     examples, exhausted = iter(examples), False
@@ -190,10 +197,14 @@ def annotate_many(
         for s, ((_, t, r), _), verdict in zip(solutions, ended, verdicts, strict=True):
             s.verdicts[t, r] = verdict
             s.pending -= 1
+            early_stop = not eager_alternatives and verdict.score == 1.0  # no later rank is tried
+            s.judged += early_stop or all((t, q) in s.verdicts for q in range(len(s.alternatives[t])))
             # The reference's early stop: the next alternative only where this one was not correct.
             if not eager_alternatives and verdict.score != 1.0 and r + 1 < len(s.alternatives[t]):
                 _submit(backend, s, t, r + 1, max_continuation_tokens)
         for s in {id(s): s for s in solutions}.values():
+            if on_progress is not None:
+                on_progress(s.key, s.judged, len(s.completion_ids))
             if s.pending == 0:
                 backend.release(s.handle)
                 del open_[s.key]

@@ -18,11 +18,13 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from cft_rl.annotate.rows import RowProgress, record_features
+from cft_rl.outputs import write_atomic, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -199,18 +201,35 @@ def _append(handle, record: dict) -> None:
     os.fsync(handle.fileno())  # a row reported done must survive a SIGKILL or a power cut
 
 
-def _check_settings(path: Path, config: AnnotateConfig) -> None:
-    """Refuse to resume a shard written with settings that change results (its rows would be stale)."""
+def _resolved(name: str) -> str:
+    """A local file or folder as its resolved absolute path, so that ``./toy`` and ``/work/toy`` are
+    the same model; a Hub id or benchmark name (no such local path) as it is."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def _settings(config: AnnotateConfig) -> dict:
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NEUTRAL_FIELDS}
+    return settings | {k: _resolved(settings[k]) for k in ("model", "dataset")}
+
+
+def _check_settings(path: Path, config: AnnotateConfig, has_work: bool) -> None:
+    """Refuse to resume a shard written with settings that change results (its rows would be stale).
+
+    Settings are compared only once the shard holds work (a row, or its done mark): a run that failed
+    before its first row (say, on a bad model path) left nothing to protect, and its settings are
+    simply replaced by this run's.
+    """
+    settings = _settings(config)
     header = path.with_suffix(".config.json")
-    if header.exists():
+    if has_work and header.exists():
         old = json.loads(header.read_text())
+        old |= {k: _resolved(old[k]) for k in ("model", "dataset") if isinstance(old.get(k), str)}
         changed = sorted(k for k in settings if k in old and old[k] != settings[k])  # new fields: default
         if changed:
             raise ValueError(f"{path.parent.parent} holds a run with other {changed}: use another --out")
         return
-    header.parent.mkdir(parents=True, exist_ok=True)
-    header.write_text(json.dumps(settings, indent=2))
+    write_json(header, settings)
 
 
 # --- rows ------------------------------------------------------------------------------------------
@@ -234,28 +253,31 @@ def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
 def run_shard(config: AnnotateConfig) -> Path:
     """Annotate this worker's rows, resuming from its shard file; returns that file."""
     import torch
-    from tqdm.auto import tqdm
 
+    from cft_rl.annotate.judge import load_judge
+    from cft_rl.annotate.rows import annotate_rows
     from cft_rl.cpu import cpu_float_math
 
     path = shard_path(config.out, config.shard_index, config.num_shards)
-    _check_settings(path, config)
     records, done = read_shard(path, repair=True)
+    _check_settings(path, config, has_work=bool(records or done))
     if done:
         return path
     rows, unreadable = _load_rows(config)
     finished = {r["index"] for r in records}
     todo = [i for i in range(config.shard_index, len(rows), config.num_shards) if i not in finished]
-    from cft_rl.annotate.judge import load_judge
-    from cft_rl.annotate.rows import annotate_rows
-
-    judge = load_judge(config) if todo else None
+    judge = load_judge(config) if todo else None  # nothing left to do: no model to load
     torch.manual_seed(config.seed)
     with cpu_float_math(), path.open("a", encoding="utf-8") as handle:
-        progress = tqdm(total=len(todo), desc=f"annotate shard {config.shard_index}/{config.num_shards}")
-        for record in annotate_rows(config, judge, {i: rows[i] for i in todo}):  # in finishing order
-            _append(handle, record)  # on disk the moment it is finished: a kill loses only rows in flight
-            progress.update()
+        progress = RowProgress(len(todo), f"annotate shard {config.shard_index}/{config.num_shards}")
+
+        def emit(record: dict) -> None:
+            # On disk the moment the row's outcome is decided, skips included: a kill loses only
+            # the rows in flight.
+            _append(handle, record)
+            progress.finished(record["index"])
+
+        annotate_rows(config, judge, {i: rows[i] for i in todo}, emit, progress)
         progress.close()
         _append(handle, {"done": True, "total_rows": len(rows), "unreadable": unreadable})
     return path
@@ -291,16 +313,26 @@ def merge(out_dir: str | Path) -> Path:
     records = [by_index[i] for i in sorted(by_index)]
     rows = [r for r in records if "skipped" not in r]
     summary = summarize(rows, records, unreadable)
-    tmp = out / "dataset.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a merge that crashed
-    # from_list([]) has no columns to save; an empty run still leaves a loadable (empty) dataset.
-    ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({"id": []})
-    ds.save_to_disk(str(tmp))
-    # Swap in whole: a crash during the save never leaves a half-written dataset/ behind.
-    shutil.rmtree(out / "dataset", ignore_errors=True)
-    tmp.rename(out / "dataset")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    # from_list([]) has no columns, and save_to_disk writes no data file for an empty dataset, which
+    # load_from_disk then fails on: a run whose rows were all skipped saves one empty shard with every
+    # column, so that load_from_disk, render and sft read it (and say it holds no rows).
+    if rows:
+        ds, shards = datasets.Dataset.from_list(rows), None
+    else:
+        features = record_features()
+        ds, shards = datasets.Dataset.from_dict(dict.fromkeys(features, []), features), 1
+    # Swapped in whole: a crash during the save never leaves a half-written dataset/ behind.
+    write_atomic(out / "dataset", lambda tmp: ds.save_to_disk(str(tmp), num_shards=shards))
+    write_json(out / "summary.json", summary)
+    (logger.warning if not rows else logger.info)("%s: %s", out, describe(summary))
     return out / "dataset"
+
+
+def describe(summary: dict) -> str:
+    """One line for the console: ``"3 of 5 rows annotated; skipped: 1 bad_gold, 1 too_long"``."""
+    line = f"{summary['annotated']} of {summary['total_rows']} rows annotated"
+    skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items() if n)
+    return line + (f"; skipped: {skipped}" if skipped else "")
 
 
 def summarize(rows: list[dict], records: list[dict], unreadable: int = 0) -> dict:

@@ -26,14 +26,15 @@ class Judge:
 
 def load_model(name: str):
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from cft_rl.sft.trainer import load_checkpoint_tokenizer
+    from cft_rl.models import load_model as load_checkpoint
+    from cft_rl.models import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    tokenizer = load_tokenizer(name)  # first: a wrong name fails before any weights load
+    model = load_checkpoint(name, dtype=torch.float32)
     if torch.cuda.is_available():  # each launcher worker on its own GPU, not all on cuda:0
         model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return model.eval(), load_checkpoint_tokenizer(name)
+    return model.eval(), tokenizer
 
 
 def load_judge(config: AnnotateConfig) -> Judge:
@@ -47,9 +48,9 @@ def load_judge(config: AnnotateConfig) -> Judge:
     from vllm import LLM
 
     from cft_rl.annotate.engine import VLLMBackend
-    from cft_rl.sft.trainer import load_checkpoint_tokenizer
+    from cft_rl.models import load_tokenizer
 
-    tokenizer = load_checkpoint_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model)
     # Under a launcher each worker sees only its own GPU's share; prefix caching makes the many
     # continuations of one solution reuse its prefix.
     llm = LLM(

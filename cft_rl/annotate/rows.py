@@ -2,7 +2,8 @@
 
 :mod:`cft_rl.annotate.job` runs the job (shards, resume, merge); this module turns the rows of one shard
 into output records, handing the usable ones to the engine (:func:`cft_rl.annotate.engine.annotate_many`
-or the reference) and reporting the others with their skip reason.
+or the reference) and reporting the others with their skip reason, each the moment it is decided,
+and reporting progress in between (:class:`RowProgress`).
 """
 
 from __future__ import annotations
@@ -77,27 +78,71 @@ def annotated_record(row: dict, index: int, solution: str, anns) -> dict:
     }
 
 
-def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
-    """Yield the output record of every row in ``rows`` (index -> row), skipped or annotated, each as
-    soon as it is done: the fast engine finishes rows out of order, decoding many at once."""
+def record_features():
+    """The ``datasets`` features of :func:`annotated_record`'s records. An annotation with no row left
+    (all skipped) saves an empty dataset with these columns, so that render and sft can still read it."""
+    from datasets import Features, List, Value
+
+    string, integer = Value("string"), Value("int64")
+    return Features(
+        {
+            "index": integer,
+            "id": string,
+            "prompt": List({"role": string, "content": string}),
+            "question": string,
+            "answer": string,
+            "solution": string,
+            "critical_spans": List(List(integer)),
+            "tokens": List(string),
+            "token_ids": List(integer),
+            "critical": List(Value("bool")),
+            "alternatives": List(List(integer)),
+            "alternative_answers": List(List(string)),
+            "token_char_spans": List(List(integer)),
+            "num_tokens": integer,
+            "num_critical": integer,
+        }
+    )
+
+
+def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], emit, progress=None) -> None:
+    """Hand ``emit`` the output record of every row in ``rows`` (index -> row) the moment its outcome
+    is decided: a skip as soon as the row is prepared, an annotation when the engine finishes it (the
+    fast engine finishes rows out of order, decoding many at once). Nothing decided waits in memory
+    for another row, so a kill loses only the rows in flight.
+
+    ``progress``, if given, hears of the work in between: ``progress.prepared(index)`` once a row's
+    solution is ready for the engine (with ``source="self"``, generated and verified: that alone takes
+    a ``generate`` call per row), and ``progress.judged(index, judged, positions)`` as the fast engine
+    judges a row's token positions, after every batch of branches (the reference reports whole rows).
+    """
+    if not rows:
+        return  # nothing to annotate: no engine (and no model, which was never loaded) is touched
     solutions: dict[int, str] = {}
 
-    def annotatable():  # skipped rows are reported as they are met; the others go to the engine
+    def annotatable():
         for index, row in rows.items():
             prepared = prepare_row(config, judge, row, index)
             if "skipped" in prepared:
-                skipped.append(prepared)
+                emit(prepared)
                 continue
             solutions[index] = prepared["solution"]
+            if progress is not None:
+                progress.prepared(index)
             yield index, row["prompt"], prepared["solution"], row["answer"]
 
-    skipped: list[dict] = []
     if config.engine == "fast":
         from cft_rl.annotate.engine import annotate_many
 
         limits = (config.num_alternatives, config.max_continuation_tokens, config.batch_size)
         done = annotate_many(
-            judge.model, judge.tokenizer, annotatable(), *limits, judge.backend, config.eager_alternatives
+            judge.model,
+            judge.tokenizer,
+            annotatable(),
+            *limits,
+            judge.backend,
+            config.eager_alternatives,
+            on_progress=progress and progress.judged,
         )
     else:
         from cft_rl.annotate.rule import annotate_reference as reference
@@ -107,11 +152,47 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict]):
             (i, reference(judge.model, judge.tokenizer, p, s, g, *limits)) for i, p, s, g in annotatable()
         )
     for index, anns in done:
-        yield from _drain(skipped)
-        yield annotated_record(rows[index], index, solutions.pop(index), anns)
-    yield from _drain(skipped)
+        emit(annotated_record(rows[index], index, solutions.pop(index), anns))
 
 
-def _drain(records: list[dict]):
-    while records:
-        yield records.pop(0)
+class RowProgress:
+    """A shard's progress bar (the ``progress`` of :func:`annotate_rows`), in rows, with an ETA. A
+    finished row (annotated or skipped) counts 1; a row under annotation counts the share of its
+    token positions judged so far.
+
+    Why not whole rows only: the fast engine decodes the branches of many rows together, and a row is
+    finished only when its slowest branch and its follow-up alternatives (queued behind everything
+    else) are, so nearly every row finishes near the end of the run; a bar of finished rows then sits
+    at 0 for most of it. Judged positions move with every batch of branches. The postfix counts the
+    solutions handed to the engine, which with ``source="self"`` are first generated, one at a time.
+    """
+
+    def __init__(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        layout = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} rows [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+        self.bar = tqdm(total=total, desc=desc, unit="row", bar_format=layout)
+        self.share: dict[int, float] = {}
+        self.done, self.ready = 0.0, 0
+
+    def prepared(self, index: int) -> None:
+        self.ready += 1
+        self.bar.set_postfix_str(f"{self.ready} solutions in the engine")
+
+    def judged(self, index: int, judged: int, positions: int) -> None:
+        self._move(index, judged / positions if positions else 1.0)
+
+    def finished(self, index: int) -> None:
+        self._move(index, 1.0)
+
+    def _move(self, index: int, share: float) -> None:
+        delta = min(share, 1.0) - self.share.get(index, 0.0)
+        if delta > 0:
+            self.share[index] = self.share.get(index, 0.0) + delta
+            self.done += delta
+            # Set, not added: float sums of shares would drift past the total at the end.
+            self.bar.n = min(round(self.done, 6), self.bar.total)
+            self.bar.update(0)  # tqdm's own rate and ETA from the change
+
+    def close(self) -> None:
+        self.bar.close()

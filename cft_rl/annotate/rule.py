@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cft_rl.generation import plain_generate, stop_token_ids
 from cft_rl.verify.verifier import check_batch
 
 
@@ -105,18 +106,22 @@ def ranked_alternatives(logits: torch.Tensor, actual: int, k: int) -> list[int]:
 
 
 def greedy_completion(model, tokenizer, prefix_ids: list[int], max_new_tokens: int) -> list[int]:
-    """``prefix_ids`` plus greedy tokens until eos or ``max_new_tokens``; nothing added after an eos."""
-    if prefix_ids[-1] == tokenizer.eos_token_id or max_new_tokens <= 0:
+    """``prefix_ids`` plus greedy tokens until a stop token or ``max_new_tokens``; nothing added after a
+    stop token. Plain greedy: the argmax at each step, whatever the checkpoint's generation config sets
+    (a repetition penalty there would make this disagree with the fast engine)."""
+    stops = stop_token_ids(model, tokenizer)
+    if prefix_ids[-1] in stops or max_new_tokens <= 0:
         return list(prefix_ids)  # the alternative itself ends the answer: nothing to continue
     input_ids = torch.tensor([prefix_ids], device=model.device)
-    out = model.generate(
+    out = plain_generate(
+        model,
+        stops,
+        tokenizer.pad_token_id,
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
         max_new_tokens=max_new_tokens,
         do_sample=False,
         use_cache=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     return out[0].tolist()
 

@@ -218,25 +218,26 @@ def entropy_collapse(steps: np.ndarray, values: np.ndarray, fraction: float) -> 
     return float(steps[below[0]]) if len(below) else None
 
 
-def fit_entropy_reward(entropy: Sequence[float], reward: Sequence[float]) -> dict[str, float] | None:
-    """Least-squares fit of R = -a exp(H) + b (linear in exp(H) and 1); None with under 3 usable points.
+def fit_entropy_reward(entropy: Sequence[float], reward: Sequence[float]) -> dict:
+    """Least-squares fit of R = -a exp(H) + b (linear in exp(H) and 1).
 
-    Returns a, b, the implied ceiling b - a (R at H = 0: no entropy left to trade), R² and the count.
+    Returns a, b, the implied ceiling b - a (R at H = 0: no entropy left to trade), R², the count of
+    points and ``degenerate``: None, or why there is no fit (too few points, entropy or reward
+    constant: R² would be 0 / 0), with a, b, ceiling and R² None.
     """
     h, r = np.asarray(entropy, float), np.asarray(reward, float)
-    if len(h) < 3 or np.ptp(np.exp(h)) == 0:
-        return None
+    fit = {"a": None, "b": None, "ceiling": None, "r2": None, "points": len(h), "degenerate": None}
+    if len(h) < 3:
+        return fit | {"degenerate": f"too few points ({len(h)}, need 3)"}
+    if np.ptp(np.exp(h)) == 0:
+        return fit | {"degenerate": "entropy constant"}
+    if np.ptp(r) == 0:
+        return fit | {"degenerate": "reward constant"}
     x = np.stack([np.exp(h), np.ones_like(h)], axis=1)
     (slope, b), *_ = np.linalg.lstsq(x, r, rcond=None)
     residual = float(np.sum((r - x @ np.array([slope, b])) ** 2))
     total = float(np.sum((r - r.mean()) ** 2))
-    return {
-        "a": float(-slope),
-        "b": float(b),
-        "ceiling": float(b + slope),
-        "r2": 1 - residual / total if total else 1.0,
-        "points": len(h),
-    }
+    return fit | {"a": float(-slope), "b": float(b), "ceiling": float(b + slope), "r2": 1 - residual / total}
 
 
 # --- the comparison --------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ class Report:
     curves: dict[str, list[Curve]]  # metric -> one curve per label that has it
     stats: dict[str, dict[str, dict]]  # metric -> label -> final/peak/auc/seeds
     collapse: list[dict]  # one row per run that logs collapse_metric
-    fits: dict[str, dict | None]  # label -> fit (None: too few points); empty without --fit
+    fits: dict[str, dict]  # label -> fit (see fit_entropy_reward, "degenerate"); empty without --fit
     notes: list[str]
 
 
@@ -339,14 +340,15 @@ def build_report(config: CompareConfig) -> Report:
             fits[label] = fit_entropy_reward(
                 np.concatenate([h for h, _ in pairs]), np.concatenate([r for _, r in pairs])
             )
-            if fits[label] is not None and fits[label]["r2"] < 0.5:
+            fit = fits[label]
+            if fit["degenerate"] is not None:
                 notes.append(
-                    f"{label}: the fit explains little (R² {fits[label]['r2']:.2f}); its ceiling means little"
+                    f"{label}: degenerate: {fit['degenerate']} over the {fit['points']} steps that log both "
+                    f"`{config.entropy_metric}` and `{config.reward_metric}`: no fit, no R²"
                 )
-            if fits[label] is None:
+            elif fit["r2"] < 0.5:
                 notes.append(
-                    f"{label}: fewer than 3 steps log both `{config.entropy_metric}` and "
-                    f"`{config.reward_metric}` (or the entropy never changes): no fit"
+                    f"{label}: the fit explains little (R² {fit['r2']:.2f}); its ceiling means little"
                 )
     return Report(runs, metrics, curves, stats, collapse, fits, notes)
 

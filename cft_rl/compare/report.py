@@ -122,11 +122,9 @@ def report_markdown(report: Report, config: CompareConfig) -> str:
         fit_rows = [
             [
                 label,
-                *(
-                    ["-"] * 5
-                    if f is None
-                    else [_fmt(f["a"]), _fmt(f["b"]), _fmt(f["ceiling"]), _fmt(f["r2"]), f["points"]]
-                ),
+                *(_fmt(f[k]) for k in ("a", "b", "ceiling")),
+                _fmt(f["r2"]) if f["degenerate"] is None else f"degenerate: {f['degenerate']}",
+                f["points"],
             ]
             for label, f in report.fits.items()
         ]

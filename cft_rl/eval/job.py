@@ -10,7 +10,8 @@ Outputs in ``out``: ``<benchmark>.parquet`` (one row per completion: prompt, com
 answer, verdict), ``<benchmark>.json`` (the summary; written last, so it marks the benchmark as done),
 ``summary.json`` (all of them) and, for ``--suite paper``, ``paper_table.md``. Files are written to a
 temporary name and renamed, so a killed job leaves no half-file, and a rerun skips every benchmark
-whose summary exists with the same settings: a long job resumes where it stopped.
+whose summary exists with the same settings: a long job resumes where it stopped. A benchmark's
+results made with other settings are never overwritten: they move to ``.superseded/`` first.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cft_rl.data.benchmarks import BENCHMARKS, PAPER_SUITE
+from cft_rl.outputs import settings_key, supersede, write_atomic, write_json
 
 # torch, transformers and datasets are imported inside the functions that need them: the CLI builds
 # this module's parser for every command, and `cft-rl --help` must stay instant.
@@ -134,16 +135,15 @@ def load_eval_dataset(spec: str, config: EvalConfig):
 
 
 def load_model(name: str, device: str | None = None):
-    """``(model, tokenizer)`` of a checkpoint folder (full or LoRA, via the SFT loader) or a Hub id,
+    """``(model, tokenizer)`` of a checkpoint folder (full or LoRA) or a Hub id (:mod:`cft_rl.models`),
     on ``device`` (default: the GPU if there is one)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from cft_rl.sft.trainer import load_checkpoint_tokenizer, load_sft_checkpoint
+    from cft_rl.models import load_model as load_checkpoint
+    from cft_rl.models import load_tokenizer
 
-    tokenizer = load_checkpoint_tokenizer(name)
-    path = Path(name).expanduser()
-    model = load_sft_checkpoint(path) if path.is_dir() else AutoModelForCausalLM.from_pretrained(name)
+    tokenizer = load_tokenizer(name)
+    model = load_checkpoint(name)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
 
 
@@ -158,10 +158,10 @@ def make_backend(config: EvalConfig):
 
     # vLLM loads the weights itself, so transformers keeps off the GPU: a LoRA adapter is merged on
     # the CPU into a folder vLLM can read, and a full model goes to vLLM as it is.
-    from cft_rl.sft.trainer import load_checkpoint_tokenizer
+    from cft_rl.models import load_tokenizer, resolve_model
 
-    source, tokenizer = config.model, load_checkpoint_tokenizer(config.model)
-    if (Path(config.model) / "adapter_config.json").is_file():
+    source, tokenizer = config.model, load_tokenizer(config.model)
+    if resolve_model(config.model).is_adapter:
         source = str(Path(config.out) / "merged_model")
         load_model(config.model, device="cpu")[0].save_pretrained(source)
         tokenizer.save_pretrained(source)
@@ -227,34 +227,48 @@ def evaluate_dataset(backend, label: str, dataset, config: EvalConfig) -> tuple[
 # --- outputs, resuming, the job --------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename: a killed job never leaves a half-written file under ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    _write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n"))
-
-
 def write_parquet(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    _write_atomic(path, lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
+    write_atomic(path, lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
+
+
+def _outputs(out: Path, label: str) -> tuple[Path, Path]:
+    return out / f"{label}.json", out / f"{label}.parquet"
+
+
+def saved_summary(out: Path, label: str) -> dict | None:
+    """The saved summary of ``label`` if both its files are there (its JSON is written last)."""
+    path, samples = _outputs(out, label)
+    return json.loads(path.read_text()) if path.is_file() and samples.is_file() else None
+
+
+def _settings_of(config: EvalConfig) -> dict:
+    return json.loads(json.dumps(config.settings()))  # as saved: tuples -> lists
 
 
 def finished_summary(out: Path, label: str, config: EvalConfig) -> dict | None:
     """The saved summary of ``label`` if it is complete and was made with the same settings."""
-    path, samples = out / f"{label}.json", out / f"{label}.parquet"
-    if config.overwrite or not (path.is_file() and samples.is_file()):
+    summary = saved_summary(out, label)
+    if config.overwrite or summary is None:
         return None
-    summary = json.loads(path.read_text())
-    if summary.get("settings") != json.loads(json.dumps(config.settings())):  # tuples -> lists
-        logger.warning("%s was evaluated with other settings; evaluating again", path)
+    if summary.get("settings") != _settings_of(config):
+        logger.warning("%s was evaluated with other settings; evaluating again", out / f"{label}.json")
         return None
     return summary
+
+
+def keep_other_settings(out: Path, label: str, config: EvalConfig) -> Path | None:
+    """Move ``label``'s saved results out of the way if other settings made them (see
+    :func:`cft_rl.outputs.supersede`): a rerun with new settings never overwrites them. Results
+    made with the same settings are redone in place (that is what ``overwrite`` asks for)."""
+    summary = saved_summary(out, label)
+    if summary is None or summary.get("settings") == _settings_of(config):
+        return None
+    kept = supersede(out, list(_outputs(out, label)), label, settings_key(summary.get("settings")))
+    logger.warning("%s: the results made with other settings were moved to %s", label, kept)
+    return kept
 
 
 def run_eval(config: EvalConfig, backend=None) -> dict[str, dict]:
@@ -288,6 +302,7 @@ def run_eval(config: EvalConfig, backend=None) -> dict[str, dict]:
         with cpu_float_math() if on_cpu else contextlib.nullcontext(), torch.inference_mode():
             for label, dataset in tqdm(todo, desc="benchmarks", disable=not config.progress):
                 summary, rows = evaluate_dataset(backend, label, dataset, config)
+                keep_other_settings(out, label, config)  # only now: a failed run leaves them in place
                 write_parquet(out / f"{label}.parquet", rows)
                 write_json(out / f"{label}.json", summary)  # last: its presence marks the benchmark done
                 results[label] = summary

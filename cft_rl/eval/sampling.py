@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
+from cft_rl.generation import first_stop, plain_generate, stop_token_ids, vllm_generation_config
 from cft_rl.verify.verifier import check_batch
 
 
@@ -89,6 +90,10 @@ def generate(
 ) -> list[list[Sample]]:
     """``n`` completions per prompt (greedy when ``temperature`` is 0), batched with left padding.
 
+    Decoding takes nothing from ``model.generation_config`` but its stop tokens
+    (:func:`cft_rl.generation.plain_generate`): greedy is the argmax, a sample is drawn from the whole
+    ``softmax(logits / temperature)``. A completion ends at the first of the stop tokens.
+
     Entropies are those of the distribution actually sampled from (``logits / temperature``; the raw
     logits when greedy), the quantity TRL logs as ``entropy``.
     """
@@ -96,6 +101,7 @@ def generate(
     if not texts:
         return []
     model.eval()
+    stops = stop_token_ids(model, tokenizer)
     torch.manual_seed(seed)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     out: list[list[Sample]] = []
@@ -105,19 +111,20 @@ def generate(
                 texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(model.device)
             recorder = _EntropyRecorder(temperature)
-            gen = model.generate(
+            sampling = dict(temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else {}
+            gen = plain_generate(
+                model,
+                stops,
+                tokenizer.pad_token_id,
                 **enc,
                 do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_k=0 if temperature > 0 else None,
-                top_p=1.0 if temperature > 0 else None,
+                **sampling,
                 num_return_sequences=n,
                 max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
                 logits_processor=[recorder],
             )
-            out += _unbatch(tokenizer, gen[:, enc["input_ids"].shape[1] :], recorder.entropies(), n)
+            completions = gen[:, enc["input_ids"].shape[1] :]
+            out += _unbatch(tokenizer, completions, recorder.entropies(), n, stops)
     finally:
         tokenizer.padding_side = side
     return out
@@ -145,10 +152,13 @@ class _EntropyRecorder(LogitsProcessor):
         return torch.stack(self._steps, dim=1).cpu() if self._steps else torch.zeros(0, 0)
 
 
-def _unbatch(tokenizer, completions: torch.Tensor, entropies: torch.Tensor, n: int) -> list[list[Sample]]:
+def _unbatch(
+    tokenizer, completions: torch.Tensor, entropies: torch.Tensor, n: int, stops
+) -> list[list[Sample]]:
     samples = []
     for row, ent in zip(completions.tolist(), entropies, strict=True):
-        length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        stop = first_stop(row, stops)  # generate pads after it: the completion ends at its first stop
+        length = len(row) if stop is None else stop + 1
         samples.append(
             Sample(tokenizer.decode(row[:length], skip_special_tokens=True), length, ent[:length].tolist())
         )
@@ -196,6 +206,7 @@ class VLLMGenerator:
 
     def __init__(self, llm, tokenizer, logprobs: int = 20):
         self.llm, self.tokenizer, self.logprobs = llm, tokenizer, logprobs
+        self.stops = stop_token_ids(vllm_generation_config(llm), tokenizer)
 
     def generate(
         self,
@@ -214,7 +225,7 @@ class VLLMGenerator:
             max_tokens=max_new_tokens,
             seed=seed,
             logprobs=self.logprobs,
-            stop_token_ids=[self.tokenizer.eos_token_id],
+            stop_token_ids=self.stops,
         )
         ids = [
             TokensPrompt(prompt_token_ids=self.tokenizer(text, add_special_tokens=False)["input_ids"])

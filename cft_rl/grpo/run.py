@@ -28,8 +28,9 @@ from trl import GRPOConfig
 from cft_rl.cpu import cpu_float_math
 from cft_rl.grpo.metrics import MonitorConfig
 from cft_rl.grpo.trainer import MonitoredGRPOTrainer, Probe, build_reward_funcs, tolerant_reward
-from cft_rl.sft.trainer import end_processes, load_sft_checkpoint
-from cft_rl.sft.trainer import load_checkpoint_tokenizer as load_tokenizer
+from cft_rl.models import load_model, load_tokenizer, model_init_kwargs, resolve_model
+from cft_rl.resume import OutputDirArguments, prepare_output_dir
+from cft_rl.sft.trainer import end_processes
 
 logger = logging.getLogger(__name__)
 
@@ -178,16 +179,17 @@ class GRPORunConfig(GRPOConfig):
 
 
 def load_warm_start(path: str | Path, adapter_mode: str = "merge", **model_kwargs):
-    """The policy of a warm-start directory: a full model, or base model + the LoRA adapter in ``path``.
+    """The policy of a warm start: a checkpoint folder or a Hub id (:func:`cft_rl.models.load_model`),
+    a full model, or base model + the LoRA adapter in ``path``.
 
-    With an adapter (``adapter_config.json``), ``adapter_mode="merge"`` returns the merged plain model;
-    ``"train"`` returns the ``PeftModel`` with the adapter trainable, so GRPO trains that adapter.
-    ``model_kwargs`` go to ``from_pretrained`` (dtype, attn_implementation...).
+    With an adapter (``adapter_config.json``), ``adapter_mode="merge"`` returns the merged plain model,
+    every parameter trainable; ``"train"`` returns the ``PeftModel`` with the adapter trainable, so
+    GRPO trains that adapter. ``model_kwargs`` go to ``from_pretrained`` (dtype, revision...).
     """
     if adapter_mode not in ADAPTER_MODES:
         raise ValueError(f"adapter_mode must be one of {ADAPTER_MODES}; got {adapter_mode!r}")
     train = adapter_mode == "train"
-    return load_sft_checkpoint(path, merge=not train, trainable=train, **model_kwargs)
+    return load_model(path, merge=not train, trainable=train, **model_kwargs)
 
 
 def restrict_trainable(model, patterns: Sequence[str]) -> int:
@@ -254,8 +256,11 @@ def build_trainer(
     ``trainer_kwargs`` go to ``GRPOTrainer`` as they are (``rollout_func``, ``tools``...).
     """
     if isinstance(model, (str, Path)):
-        tokenizer = tokenizer or load_tokenizer(model)
-        model = load_warm_start(model, config.adapter_mode, **(config.model_init_kwargs or {}))
+        # trust_remote_code as TRL's GRPOTrainer takes it: the config's, unless model_init_kwargs say.
+        init = {"trust_remote_code": config.trust_remote_code, **(config.model_init_kwargs or {})}
+        revision, remote = init.get("revision"), init["trust_remote_code"]
+        tokenizer = tokenizer or load_tokenizer(model, revision=revision, trust_remote_code=remote)
+        model = load_warm_start(model, config.adapter_mode, **init)
         config.model_init_kwargs = None  # used here; TRL would warn that it ignores them
     if config.trainable_parameters:
         if peft_config is not None or hasattr(model, "peft_config"):
@@ -335,10 +340,12 @@ def train_grpo(
 # --- command line ----------------------------------------------------------------------------------
 
 
-def run_cli(argv: list[str] | None = None) -> MonitoredGRPOTrainer:
-    """Parse ``cft-rl grpo`` arguments and run :func:`train_grpo`; returns the trained trainer.
+def run_cli(argv: list[str] | None = None) -> MonitoredGRPOTrainer | None:
+    """Parse ``cft-rl grpo`` arguments and run :func:`train_grpo`; returns the trained trainer, or None
+    when ``output_dir`` holds a finished run (skipped; see :mod:`cft_rl.resume`, which also makes a
+    rerun resume from the last checkpoint).
 
-    ``model_name_or_path`` is the warm-start directory; ``dataset_name`` anything
+    ``model_name_or_path`` is the warm start: a folder or a Hub id; ``dataset_name`` anything
     :func:`cft_rl.data.datasets.load_math_dataset` reads (the toy's ``DIR/data`` included); the probe prompts
     come from its ``probe_split``. ``use_peft`` and ``lora_*`` put a new LoRA adapter on the warm-start.
     """
@@ -346,19 +353,15 @@ def run_cli(argv: list[str] | None = None) -> MonitoredGRPOTrainer:
 
     from cft_rl.data.datasets import load_math_dataset
 
-    parser = TrlParser((ScriptArguments, GRPORunConfig, ModelConfig))
-    script, config, model_args = parser.parse_args_and_config(argv)
+    parser = TrlParser((ScriptArguments, GRPORunConfig, ModelConfig, OutputDirArguments))
+    script, config, model_args, run_args = parser.parse_args_and_config(argv)
     if not model_args.model_name_or_path or not script.dataset_name:
         raise ValueError("set model_name_or_path and dataset_name (in the recipe or as --flags)")
-    init = {
-        "revision": model_args.model_revision,
-        "dtype": model_args.dtype,
-        "attn_implementation": model_args.attn_implementation,
-    }
-    config.model_init_kwargs = {
-        **{k: v for k, v in init.items() if v is not None},
-        **(config.model_init_kwargs or {}),
-    }
+    config.model_init_kwargs = model_init_kwargs(config, model_args)
+    # A wrong model name fails now, before the output_dir is touched (--overwrite_output_dir clears it).
+    resolve_model(model_args.model_name_or_path, config.model_init_kwargs.get("revision"))
+    if not prepare_output_dir(config, run_args.overwrite_output_dir):
+        return None
     train = load_math_dataset(script.dataset_name, split=script.dataset_train_split)
     evaluate = config.eval_strategy != "no"
     eval_data = load_math_dataset(script.dataset_name, split=script.dataset_test_split) if evaluate else None
@@ -377,6 +380,9 @@ def run_cli(argv: list[str] | None = None) -> MonitoredGRPOTrainer:
 def main(argv: list[str] | None = None) -> int:
     """``cft-rl grpo --config recipe.yaml [--field value ...]``: TRL-style flags override the YAML."""
     trainer = run_cli(argv)
+    if trainer is None:  # a finished run, reported and skipped
+        end_processes()
+        return 0
     if trainer.accelerator.is_main_process:
         rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
         if rewards:

@@ -20,7 +20,8 @@ Where it hooks in (each override calls TRL's method and only *reads* what it ret
   before TRL averages and logs. Percentiles are of all tokens of the window, never of per-rank pieces.
 
 Only the main process computes and logs metrics (as only it writes logs); every process takes part in
-each gather. The probe runs as a callback at optimizer-step boundaries, outside TRL's ``step_time``.
+each gather. The probe (:mod:`cft_rl.grpo.probe`) runs as a callback at optimizer-step boundaries,
+outside TRL's ``step_time``.
 
 Also here: :func:`tolerant_reward`, so that one bad completion shows up as a counted failure in the
 log instead of a crashed run.
@@ -32,15 +33,13 @@ import functools
 import inspect
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 from accelerate.utils import gather_object, pad_across_processes
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from trl import GRPOTrainer
 
-from cft_rl.eval.sampling import generate
 from cft_rl.grpo.metrics import (
     ENTROPY_CLASSES,
     MonitorConfig,
@@ -48,9 +47,9 @@ from cft_rl.grpo.metrics import (
     entropy_metrics,
     group_metrics,
     length_stats,
-    probe_metrics,
 )
-from cft_rl.verify.verifier import _as_text, check_batch, get_reward_func
+from cft_rl.grpo.probe import Probe, ProbeCallback
+from cft_rl.verify.verifier import _as_text, get_reward_func
 
 logger = logging.getLogger(__name__)
 
@@ -301,95 +300,3 @@ def build_reward_funcs(names: Sequence[str]) -> list[Callable]:
         else:
             funcs.append(tolerant_reward(func, name.replace(":", ".").rpartition(".")[2]))
     return funcs
-
-
-# --- the fixed probe set ---------------------------------------------------------------------------
-
-
-class Probe:
-    """A fixed held-out probe: prompts, their gold answers and how to sample them.
-
-    Args:
-        prompts: Chat prompts (message lists) or text, in a fixed order.
-        answers: Gold final answers, one per prompt.
-        every: Probe every this many optimizer steps (and once before training, at step 0).
-        batch_size: Prompts per generation call; ``max_new_tokens``: completion budget; ``seed``: the
-            sampling seed (the same at every probe, so curves differ only by the policy).
-    """
-
-    def __init__(
-        self,
-        prompts: Sequence,
-        answers: Sequence[str],
-        every: int,
-        batch_size: int = 32,
-        max_new_tokens: int = 256,
-        seed: int = 0,
-    ):
-        if len(prompts) != len(answers):
-            raise ValueError(f"probe has {len(prompts)} prompts but {len(answers)} answers")
-        if not prompts or every < 1:
-            raise ValueError("a probe needs at least one prompt and every >= 1")
-        self.prompts, self.answers = list(prompts), list(answers)
-        self.every, self.batch_size, self.max_new_tokens, self.seed = every, batch_size, max_new_tokens, seed
-
-
-class ProbeCallback(TrainerCallback):
-    """Samples the probe at step 0 and every ``probe.every`` steps; adds ``probe/*`` to that step's log.
-
-    The prompts are split across processes in contiguous shards and the samples gathered, so the
-    probe's wall time shrinks with more processes. Sampling runs under a forked RNG: with or without
-    the probe, training draws the same random numbers.
-    """
-
-    def __init__(self, trainer: MonitoredGRPOTrainer, probe: Probe):
-        self.trainer, self.probe = trainer, probe
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # Not on resume: step `global_step` is already in the log history.
-        if state.global_step == 0:
-            self.trainer.log_entry(self.run())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.probe.every == 0:
-            for name, value in self.run().items():
-                self.trainer._metrics["train"][name].append(value)
-
-    def run(self) -> dict[str, float]:
-        """The ``probe/*`` metrics of the current policy (on the main process; {} elsewhere)."""
-        trainer, probe = self.trainer, self.probe
-        accelerator = trainer.accelerator
-        start = time.perf_counter()
-        shard = _shard(len(probe.prompts), accelerator.process_index, accelerator.num_processes)
-        model = accelerator.unwrap_model(trainer.model)
-        was_training = model.training
-        config = trainer.monitor
-        with torch.random.fork_rng(devices=[] if accelerator.device.type == "cpu" else [accelerator.device]):
-            samples = generate(
-                model,
-                trainer._tokenizer,
-                probe.prompts[shard],
-                n=config.probe_num_samples,
-                temperature=config.probe_temperature,
-                max_new_tokens=probe.max_new_tokens,
-                batch_size=probe.batch_size,
-                seed=probe.seed + accelerator.process_index,
-            )
-        model.train(was_training)
-        texts = [s.text for group in samples for s in group]
-        golds = [gold for gold in probe.answers[shard] for _ in range(config.probe_num_samples)]
-        scores = [v.score == 1.0 for v in check_batch(texts, golds)]
-        n = config.probe_num_samples
-        local = [(group, scores[i * n : (i + 1) * n]) for i, group in enumerate(samples)]
-        gathered = gather_object([local])  # one list per process, in process order
-        if not accelerator.is_main_process:
-            return {}
-        pairs = [pair for part in gathered for pair in part]
-        metrics = probe_metrics([g for g, _ in pairs], [c for _, c in pairs], config)
-        metrics["probe/seconds"] = time.perf_counter() - start
-        return metrics
-
-
-def _shard(n: int, index: int, count: int) -> slice:
-    """Contiguous slice ``index`` of ``count`` near-equal slices of ``range(n)``."""
-    return slice(index * n // count, (index + 1) * n // count)

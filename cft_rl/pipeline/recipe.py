@@ -14,8 +14,9 @@ A recipe has a few top-level settings and one section per stage kind::
     compare: {...}                    # CompareConfig fields
 
 Why check keys here rather than let each job fail: a typo in the GRPO section would otherwise surface
-only after annotation and SFT have run for hours. Every key of every section is checked against the
-config class that will receive it before anything runs, and the error names the key.
+only after annotation and SFT have run for hours. Every key of every section, and its value's type,
+is checked against the config class that will receive it before anything runs (or moves), and the
+error names the key.
 """
 
 from __future__ import annotations
@@ -71,36 +72,38 @@ class RecipeError(ValueError):
     """A recipe that cannot run: the message names the key or value and says how to fix it."""
 
 
-def _fields(*classes) -> set[str]:
-    return {f.name for cls in classes for f in dataclasses.fields(cls)}
-
-
-def section_keys(section: str) -> set[str]:
-    """Every key the recipe's ``section`` accepts (heavy imports happen only here)."""
+def _config_classes(section: str) -> tuple[type, ...]:
+    """The config classes that receive ``section``'s keys (heavy imports happen only here)."""
     if section == "toy":
         from cft_rl.toy.build import ToyBuildConfig
 
-        return _fields(ToyBuildConfig)
+        return (ToyBuildConfig,)
     if section == "annotate":
         from cft_rl.annotate.job import AnnotateConfig
 
-        valid = _fields(AnnotateConfig)
-    elif section in ("sft", "grpo"):
+        return (AnnotateConfig,)
+    if section in ("sft", "grpo"):
         from trl import ModelConfig, ScriptArguments
 
         if section == "sft":
             from cft_rl.sft.trainer import SelectiveSFTConfig as Config
         else:
             from cft_rl.grpo.run import GRPORunConfig as Config
-        valid = _fields(ScriptArguments, Config, ModelConfig)
-    elif section == "eval":
+        return (ScriptArguments, Config, ModelConfig)
+    if section == "eval":
         from cft_rl.eval.job import EvalConfig
 
-        valid = _fields(EvalConfig)
-    else:
-        from cft_rl.compare.analysis import CompareConfig
+        return (EvalConfig,)
+    from cft_rl.compare.analysis import CompareConfig
 
-        valid = _fields(CompareConfig)
+    return (CompareConfig,)
+
+
+def section_keys(section: str) -> set[str]:
+    """Every key the recipe's ``section`` accepts."""
+    valid = {f.name for cls in _config_classes(section) for f in dataclasses.fields(cls)}
+    if section == "toy":
+        return valid
     return (valid - RESERVED[section]) | EXTRA_KEYS.get(section, set())
 
 
@@ -117,6 +120,19 @@ def _reserved(section: str, values: dict) -> None:
     for key in sorted(RESERVED.get(section, set()) & set(values)):
         what = "the arm's strategy: list it under sft.arms" if key == "strategy" else "set by the pipeline"
         raise RecipeError(f"{section}.{key} is {what}; remove it from the recipe")
+
+
+def _check_types(section: str | None, values: dict, where: str) -> None:
+    """Every value against its config field's type (None: the recipe's own top-level fields), so a
+    bad value fails here, before any stage runs or any folder moves, rather than when its job starts.
+    TRL's configs are parsed from the YAML the pipeline writes, so text there is read as a flag."""
+    from cft_rl.config_types import check_values
+
+    classes = (Recipe,) if section is None else _config_classes(section)
+    try:
+        check_values(values, classes, where, from_text=section in ("sft", "grpo"))
+    except ValueError as exc:
+        raise RecipeError(f"{exc}; fix it in the recipe or the --set value") from exc
 
 
 @dataclass
@@ -139,6 +155,7 @@ class Recipe:
     def from_dict(cls, values: dict) -> Recipe:
         values = dict(values or {})
         _unknown(values, TOP_LEVEL, "")
+        _check_types(None, values, "")
         if not values.get("output_dir"):
             raise RecipeError("the recipe needs output_dir: the folder every stage writes under")
         for section in SECTIONS:
@@ -150,6 +167,7 @@ class Recipe:
             _reserved(section, body)
             valid = section_keys(section)
             _unknown(body, valid, f"{section}.")
+            _check_types(section, body, f"{section}.")
             if section == "toy":
                 from cft_rl.toy.build import ToyBuildConfig
 
@@ -199,6 +217,7 @@ class Recipe:
         for entry in self.sft.get("arms", list(REQUIRED_ARMS)):
             entry = {"name": entry, "strategy": entry} if isinstance(entry, str) else dict(entry)
             _unknown(entry, valid, "sft.arms entry ")
+            _check_types("sft", entry, f"sft.arms entry {entry.get('name', entry.get('strategy'))!r}: ")
             name = entry.pop("name", entry.get("strategy"))
             entry.setdefault("strategy", name)
             if entry["strategy"] not in (*STRATEGIES, "sftkey"):

@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from cft_rl.outputs import supersede as keep
+from cft_rl.outputs import write_json
 from cft_rl.pipeline.recipe import Recipe, RecipeError, Stage, plan
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,7 @@ def write_manifest(root: Path, stage: Stage, **fields) -> None:
         "inputs": {name: str(root / name) for name in stage.inputs},
         **fields,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)  # atomic: a kill leaves the old manifest or the new one
+    write_json(path, data)  # atomic: a kill leaves the old manifest or the new one
 
 
 def status(root: Path, stage: Stage) -> str:
@@ -85,12 +84,7 @@ def status(root: Path, stage: Stage) -> str:
 def supersede(root: Path, stage: Stage) -> Path:
     """Move a stage folder whose settings changed out of the way (kept, so no result is lost)."""
     old = read_manifest(root, stage) or {}
-    target = root / ".superseded" / f"{stage.name.replace('/', '__')}.{old.get('key', 'unknown')}"
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    (root / stage.name).rename(target)
-    return target
+    return keep(root, root / stage.name, stage.name, old.get("key", "unknown"))
 
 
 # --- the jobs --------------------------------------------------------------------------------------

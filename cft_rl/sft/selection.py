@@ -274,16 +274,18 @@ class SelectionCounter:
 # --- a whole dataset: tokenise, weigh, count, drop -------------------------------------------------
 
 
-def prepare_dataset(dataset, tokenizer, args, scoring_model=None):
+def prepare_dataset(dataset, tokenizer, args, scoring_model=None, device=None):
     """``(prepared dataset, selection summary)``: rows tokenised, weighted by ``args.strategy``.
 
     ``args`` is a :class:`cft_rl.sft.trainer.SelectiveSFTConfig` (its selection fields, ``max_length`` and
     ``truncation_mode``). Rows are tokenised as the annotator tokenised them
     (:func:`cft_rl.annotate.rule.encode_example`), so an annotated position is a trained position.
 
-    ``scoring_model`` (the base model) is needed for ``entropy`` only. Rows longer than
-    ``args.max_length`` are truncated per ``args.truncation_mode``; rows left with no selected token
-    are dropped and listed in the summary.
+    ``scoring_model`` (the base model, or a function that loads it) is needed for ``entropy`` only:
+    it scores on ``device`` (default: where the model is), on the main process only, and the scores
+    are sent to the other processes (:func:`shared_entropies`). Rows longer than ``args.max_length``
+    are truncated per ``args.truncation_mode``; rows left with no selected token are dropped and
+    listed in the summary.
     """
     import datasets
 
@@ -297,12 +299,11 @@ def prepare_dataset(dataset, tokenizer, args, scoring_model=None):
     encoded = [_encode_row(tokenizer, row, i, args) for i, row in enumerate(dataset)]
     summary = {}
     if strategy == "entropy":
-        if scoring_model is None:
-            raise SelectionError("strategy 'entropy' needs the base model to score token entropies")
         start = time.perf_counter()
-        for row, entropies in zip(
-            encoded, score_entropies(scoring_model, encoded, args.entropy_batch_size), strict=True
-        ):
+        from cft_rl.sft.entropy import shared_entropies
+
+        scores = shared_entropies(scoring_model, encoded, args.entropy_batch_size, device)
+        for row, entropies in zip(encoded, scores, strict=True):
             row["selection"].entropies = entropies
         summary["entropy_scoring_seconds"] = round(time.perf_counter() - start, 3)
     counter, rows, truncated = SelectionCounter(strategy), [], 0
@@ -352,50 +353,52 @@ def _prepared_row(prompt_ids, completion_ids, weights, args) -> dict:
         "loss_weights": [0.0] * n + list(weights),
     }
     if args.max_length is not None and len(row["input_ids"]) > args.max_length:
-        keep = (
-            slice(None, args.max_length)
-            if args.truncation_mode == "keep_start"
-            else slice(-args.max_length, None)
-        )
+        keep = _kept(args)
         row = {key: values[keep] for key, values in row.items()}
     return row
+
+
+def _kept(args) -> slice:
+    """The positions a row longer than ``args.max_length`` keeps, per ``args.truncation_mode``."""
+    if args.truncation_mode == "keep_start":
+        return slice(None, args.max_length)
+    if args.truncation_mode == "keep_end":
+        return slice(-args.max_length, None)
+    raise SelectionError(f"truncation_mode must be 'keep_start' or 'keep_end'; got {args.truncation_mode!r}")
+
+
+PREPARED_COLUMNS = ("input_ids", "labels", "completion_mask", "loss_weights")
+
+
+def truncate_prepared(dataset, args):
+    """An already prepared dataset (``loss_weights`` given) cut to ``args.max_length``, all columns alike.
+
+    TRL's own truncation cuts ``input_ids`` and ``labels`` only: left to it, a longer row's weights and
+    completion mask would run past the kept tokens and, cut at the start, weigh the wrong ones.
+    """
+    columns = [c for c in PREPARED_COLUMNS if c in dataset.column_names]
+    for needed in ("input_ids", "completion_mask"):
+        if needed not in columns:
+            raise SelectionError(
+                f"a dataset with loss_weights is taken as prepared and needs {needed!r}; it has "
+                f"{sorted(dataset.column_names)}"
+            )
+
+    def cut(row, index):
+        lengths = {c: len(row[c]) for c in columns}
+        if len(set(lengths.values())) > 1:
+            raise SelectionError(
+                f"row {row.get('id', index)}: prepared columns differ in length {lengths}; they must "
+                "hold one entry per token"
+            )
+        if args.max_length is None or lengths["input_ids"] <= args.max_length:
+            return {}
+        keep = _kept(args)
+        return {c: row[c][keep] for c in columns}
+
+    return dataset.map(cut, with_indices=True, desc="Truncating the prepared rows")
 
 
 def _completion_weights(row: dict) -> list[float]:
     # Position 0 is never predicted (the loss is on next tokens), so its weight cannot count.
     return [w for w, c in zip(row["loss_weights"][1:], row["completion_mask"][1:], strict=True) if c]
-
-
-def score_entropies(model, encoded: list[dict], batch_size: int) -> list[list[float]]:
-    """Per row, the entropy (nats) of the model's next-token distribution at each completion token.
-
-    Rows are batched by length (right padding, so real tokens never attend to a pad). A batch holds
-    ``batch_size x length x vocabulary`` logits: lower the batch size for large vocabularies.
-    """
-    import torch
-
-    from cft_rl.eval.sampling import token_entropy
-
-    was_training = model.training
-    model.eval()
-    order = sorted(
-        range(len(encoded)), key=lambda i: len(encoded[i]["prompt_ids"]) + len(encoded[i]["completion_ids"])
-    )
-    result: list[list[float]] = [[] for _ in encoded]
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        chunk = [encoded[i] for i in order[start : start + batch_size]]
-        ids = [r["prompt_ids"] + r["completion_ids"] for r in chunk]
-        width = max(len(x) for x in ids)
-        input_ids = torch.zeros(len(ids), width, dtype=torch.long, device=device)
-        mask = torch.zeros_like(input_ids)
-        for k, x in enumerate(ids):
-            input_ids[k, : len(x)], mask[k, : len(x)] = torch.tensor(x), 1
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
-        for k, row in enumerate(chunk):
-            n, m = len(row["prompt_ids"]), len(row["completion_ids"])
-            # Token t of the completion is predicted at position n + t - 1.
-            result[order[start + k]] = token_entropy(logits[k, n - 1 : n + m - 1]).tolist()
-    model.train(was_training)
-    return result

@@ -19,7 +19,8 @@ over the selected tokens of the whole gradient-accumulation window and, with
 ``average_tokens_across_devices`` (the default), of every device. The loss is the sum over this
 micro-batch's selected tokens divided by that count, times the number of processes (DDP averages
 gradients): the paper's Eq. 8 mean over selected tokens, identical for any split of the batch across
-steps and devices. With ``strategy="full"`` the selected tokens are TRL's completion labels and the
+steps and devices. The trainer counts it for any model, also one whose forward takes no loss kwargs
+(for which ``Trainer`` would otherwise count nothing and average per-micro-batch means). With ``strategy="full"`` the selected tokens are TRL's completion labels and the
 loss is TRL's, term for term.
 
 Metrics, logged next to TRL's: ``selected/fraction``, ``selected/nll``, ``selected/entropy`` and
@@ -47,8 +48,15 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import pad
 
+from cft_rl.models import load_model, load_tokenizer
 from cft_rl.sft.loss import selection_metrics, selection_sums, selective_loss
-from cft_rl.sft.selection import STRATEGIES, SelectionError, check_strategy, prepare_dataset
+from cft_rl.sft.selection import (
+    STRATEGIES,
+    SelectionError,
+    check_strategy,
+    prepare_dataset,
+    truncate_prepared,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +157,8 @@ class SelectiveSFTTrainer(SFTTrainer):
 
     Takes the arguments of ``SFTTrainer``. Datasets in the annotator's shape (``prompt``, the solution
     column, the spans column) are prepared here; datasets with a ``loss_weights`` column are taken as
-    already prepared. ``selection`` holds the preparation summary of each dataset.
+    already prepared (and cut to ``max_length`` with all their columns, which TRL would not do).
+    ``selection`` holds the preparation summary of each dataset.
     """
 
     def __init__(self, model, args: SelectiveSFTConfig, train_dataset=None, eval_dataset=None, **kwargs):
@@ -185,12 +194,21 @@ class SelectiveSFTTrainer(SFTTrainer):
         if kwargs.get("data_collator") is None:
             # TRL built its collator from the config (pad token, padding-free...); keep every setting.
             self.data_collator = SelectiveDataCollator(**dataclasses.asdict(self.data_collator))
+        # The selective loss is ours: it divides by `num_items_in_batch` whatever the model's forward
+        # accepts. Trainer counts it over the accumulation window only for a model that "accepts loss
+        # kwargs"; for one that does not (`accepts_loss_kwargs = False`, no **kwargs) it would pass None
+        # and divide each micro-batch's own mean by the accumulation steps: a mean of means.
+        self.model_accepts_loss_kwargs = True
 
     def _prepared(self, dataset, name, tokenizer, args, model):
-        if dataset is None or "loss_weights" in dataset.column_names:
+        if dataset is None:
             return dataset
-        scoring = model if not isinstance(model, str) else _scoring_model(model, args)
-        dataset, self.selection[name] = prepare_dataset(dataset, tokenizer, args, scoring)
+        if "loss_weights" in dataset.column_names:
+            return truncate_prepared(dataset, args)  # TRL would cut input_ids and labels only
+        scoring = None
+        if args.strategy == "entropy":
+            scoring = model if not isinstance(model, str) else lambda: _scoring_model(model, args)
+        dataset, self.selection[name] = prepare_dataset(dataset, tokenizer, args, scoring, args.device)
         logger.info("selection on %s: %s", name, json.dumps(self.selection[name]))
         return dataset
 
@@ -233,11 +251,9 @@ def _load_tokenizer(model):
 
 
 def _scoring_model(name: str, args: SelectiveSFTConfig):
-    if args.strategy != "entropy":
-        return None
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(name, **(args.model_init_kwargs or {}))
+    """The base model of ``entropy``, loaded straight to the trainer's device (main process only)."""
+    model = load_model(name, **(args.model_init_kwargs or {}))
+    return model if getattr(model, "hf_device_map", None) else model.to(args.device)
 
 
 # --- the Python API: one run, or the SFTKey schedule -----------------------------------------------
@@ -302,51 +318,14 @@ def _finish(args: SelectiveSFTConfig, trainers: dict) -> SFTResult:
         result.metrics[stage] = [entry for entry in trainer.state.log_history if "loss" in entry]
     if trainers[next(iter(trainers))].accelerator.is_main_process:
         (result.output_dir / "selection.json").write_text(json.dumps(result.selection, indent=2))
+    # Last: output_dir/trainer_state.json marks the run finished (cft_rl.resume), and holds its log.
+    list(trainers.values())[-1].save_state()
     return result
 
 
-def load_checkpoint_tokenizer(name: str | Path):
-    """The tokenizer of a checkpoint folder or Hub id; for a LoRA adapter folder saved without one, its
-    base model's. A missing pad token becomes eos (generation pads; many base tokenizers have none)."""
-    from transformers import AutoTokenizer
-
-    path = Path(name).expanduser()
-    source = str(name)
-    if path.is_dir():
-        source = str(path)
-        adapter = path / "adapter_config.json"
-        has_own = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        if adapter.is_file() and not has_own:
-            source = json.loads(adapter.read_text())["base_model_name_or_path"]
-    elif source.startswith((".", "/", "~")) or path.suffix:
-        raise FileNotFoundError(f"model {name} not found: pass a checkpoint folder or a Hub id")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_sft_checkpoint(path: str | Path, merge: bool = True, trainable: bool = False, **model_kwargs):
-    """The model an SFT run saved in ``path``, for the GRPO stage: full weights, or base + LoRA adapter.
-
-    An adapter is merged into its base model by default, so the GRPO stage gets a plain model either
-    way; ``merge=False`` keeps the ``PeftModel``, its adapter trainable with ``trainable=True`` (to go
-    on training the same adapter). ``model_kwargs`` go to ``from_pretrained`` (dtype, ...).
-    """
-    path = Path(path)
-    if (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(str(path), is_trainable=trainable, **model_kwargs)
-        return model.merge_and_unload() if merge else model
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path} is not a warm-start checkpoint (no config.json or adapter_config.json); "
-            "pass the output_dir of `cft-rl sft`, or any Hugging Face model directory"
-        )
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), **model_kwargs)
+# The one loader of every job (cft_rl.models), under the names this module has always exported.
+load_checkpoint_tokenizer = load_tokenizer
+load_sft_checkpoint = load_model
 
 
 # --- command line ----------------------------------------------------------------------------------
@@ -379,27 +358,32 @@ def load_sft_dataset(name: str, split: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``cft-rl sft --config recipe.yaml [--field value ...]``: TRL-style flags override the YAML."""
+    """``cft-rl sft --config recipe.yaml [--field value ...]``: TRL-style flags override the YAML.
+
+    A rerun into an ``output_dir`` that holds a run resumes or skips it (:mod:`cft_rl.resume`)."""
     from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-    parser = TrlParser((ScriptArguments, SelectiveSFTConfig, ModelConfig))
-    script, args, model_args = parser.parse_args_and_config(argv)
+    from cft_rl.models import model_init_kwargs
+    from cft_rl.resume import OutputDirArguments, prepare_output_dir
+
+    parser = TrlParser((ScriptArguments, SelectiveSFTConfig, ModelConfig, OutputDirArguments))
+    script, args, model_args, run_args = parser.parse_args_and_config(argv)
     if not model_args.model_name_or_path or not script.dataset_name:
         raise SelectionError("set model_name_or_path and dataset_name (in the recipe or as --flags)")
-    args.model_init_kwargs = {
-        key: value
-        for key, value in {
-            "revision": model_args.model_revision,
-            "dtype": model_args.dtype,
-            "attn_implementation": model_args.attn_implementation,
-        }.items()
-        if value is not None
-    }
+    args.model_init_kwargs = model_init_kwargs(args, model_args)
+    # Resolved and its tokenizer loaded before anything else: a wrong model name fails at once.
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path,
+        revision=args.model_init_kwargs.get("revision"),
+        trust_remote_code=args.model_init_kwargs.get("trust_remote_code", False),
+    )
+    if not prepare_output_dir(args, run_args.overwrite_output_dir):
+        return 0
     train = load_sft_dataset(script.dataset_name, script.dataset_train_split)
     evaluate = args.eval_strategy != "no"
     eval_dataset = load_sft_dataset(script.dataset_name, script.dataset_test_split) if evaluate else None
     result = train_sft(
-        args, model_args.model_name_or_path, train, eval_dataset, None, get_peft_config(model_args)
+        args, model_args.model_name_or_path, train, eval_dataset, tokenizer, get_peft_config(model_args)
     )
     print(f"SFT ({args.strategy}) checkpoint saved to {result.output_dir}")
     for stage, summary in result.selection.items():

@@ -29,6 +29,7 @@ import math_verify.grader
 import math_verify.parser
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 from math_verify import verify as mv_verify
+from sympy import Eq, FiniteSet
 
 from cft_rl.answers import extract_answer, last_boxed_content
 from cft_rl.verify.guard import CRASHED, TIMEOUT, close_shared_pool, shared_pool
@@ -55,6 +56,9 @@ PATHOLOGICAL_INPUTS: tuple[tuple[object, object], ...] = (
     ("{" * 10_000 + r"\boxed{" + "{" * 10_000, "5"),
     (r"\boxed{" + "{" * 400 + "}" * 400 + "}", "5"),
     ("\ud800\udfff\\boxed{\ud800}", "5"),
+    # A rambling answer sentence and a runaway list of joined boxes: cut down before any parse.
+    ("Final Answer: " + "the value of $x^{2}$ is not $y$ and " * 300 + "so it is 4", "5"),
+    (", ".join([r"\boxed{1}"] * 10_000), "5"),
     (None, "5"),
     ("", "5"),
     (r"\boxed{5}", None),
@@ -136,6 +140,14 @@ def _choice_letter(text: str, pattern: re.Pattern[str]) -> str | None:
     return m.group(1).upper() if m else None
 
 
+def _several(parsed: list) -> bool:
+    """Whether a parse holds several values: ``{3, 4}``, ``\\pm 2``, ``x \\in \\{1, 2\\}``."""
+    value = parsed[0]
+    if isinstance(value, Eq) and isinstance(value.rhs, FiniteSet):
+        value = value.rhs
+    return isinstance(value, FiniteSet) and len(value) > 1
+
+
 def _score_job(answer: str, gold: str, float_rounding: int, numeric_precision: int, strict: bool):
     """Compare an extracted answer with a gold answer; returns ``(status, pred_parsed, gold_parsed)``."""
     # We disable math-verify's signal timeouts on purpose (the guard enforces ours); silence its
@@ -153,6 +165,10 @@ def _score_job(answer: str, gold: str, float_rounding: int, numeric_precision: i
     gold_str = str(gold_parsed[0])[:200]
     if not pred_parsed:
         return ("unparsed_answer", "", gold_str)
+    if _several(pred_parsed) and not _several(gold_parsed):
+        # A hedge ("\\boxed{3} or \\boxed{4}", "\\boxed{1}, \\boxed{2}" for the point (1, 2)) never
+        # scores for a single-valued gold, although math-verify reads ``{1, 2}`` as ``(1, 2)``.
+        return ("wrong", str(pred_parsed[0])[:200], gold_str)
     ok = mv_verify(
         gold_parsed,
         pred_parsed,
