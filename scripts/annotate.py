@@ -10,7 +10,7 @@ waits for the others, then merges them into ``OUT/dataset`` and ``OUT/summary.js
 
 import sys
 
-from cft_rl.cli import main
+from cft_rl.annotate.job import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["annotate", *sys.argv[1:]]))
+    raise SystemExit(main(sys.argv[1:]))

@@ -68,8 +68,8 @@ class AnnotateConfig:
             (:func:`cft_rl.annotate.rule.annotate_reference`, the slow correctness oracle).
         backend: Fast engine: ``"hf"`` (transformers, on ``cuda:$LOCAL_RANK`` when there is a GPU) or
             ``"vllm"`` (vLLM generates the self solutions, ranks by prompt logprobs and continues with
-            prefix caching; ``pip install .[vllm]``). ``vllm_gpu_memory_utilization``: vLLM's share
-            of the GPU.
+            prefix caching; ``pip install .[vllm]``).
+        vllm_gpu_memory_utilization: vLLM backend: its share of the GPU.
         batch_size: Fast engine: branches decoded together, from as many solutions as it takes to fill
             the batch (continuous batching; memory grows with it, speed too, to a point). With the
             vLLM backend: branches handed to vLLM at a time.
@@ -376,3 +376,18 @@ def run_annotation(config: AnnotateConfig) -> Path:
     if config.push_to_hub:
         __import__("datasets").load_from_disk(str(dataset)).push_to_hub(config.push_to_hub)
     return dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cft-rl annotate [--config annotate.yaml] [--flag value]``: every ``AnnotateConfig`` field is a
+    flag (``--max-new-tokens 512``), and flags override the YAML."""
+    from cft_rl.config_types import config_from_flags, config_parser, parse_flags
+
+    parser = config_parser(AnnotateConfig, "cft-rl annotate", __doc__.splitlines()[0])
+    config = config_from_flags(AnnotateConfig, parse_flags(parser, AnnotateConfig, argv))
+    written = run_annotation(config)
+    print(f"annotation written to {written}")
+    summary = Path(config.out) / "summary.json"
+    if written.name == "dataset" and summary.is_file():  # merged: say what it holds
+        print(describe(json.loads(summary.read_text())))
+    return 0

@@ -192,3 +192,39 @@ def write_html(rows: Iterable[Mapping[str, Any]], path: str | Path, title: str =
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(rows, title=title), encoding="utf-8")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cft-rl render DIR``: show an annotation's critical tokens in the terminal and as HTML."""
+    import argparse
+    import json
+    import sys
+
+    import datasets  # heavy: only when rendering
+
+    p = argparse.ArgumentParser(prog="cft-rl render", description=main.__doc__.splitlines()[0])
+    p.add_argument("dir", help="an annotate --out folder (or its dataset/ folder)")
+    p.add_argument("--limit", type=int, default=5, help="rows to print")
+    p.add_argument("--html", default=None, help="write a self-contained HTML page of all rows here")
+    p.add_argument("--no-color", action="store_true")
+    args = p.parse_args(argv)
+    path = Path(args.dir)
+    path = path / "dataset" if (path / "dataset").is_dir() else path
+    if not path.is_dir():
+        raise ValueError(
+            f"{args.dir} holds no annotation dataset; run `cft-rl annotate --out {args.dir}` first"
+        )
+    rows = datasets.load_from_disk(str(path))
+    if not len(rows):
+        summary = path.parent / "summary.json"
+        why = ""
+        if summary.is_file():
+            from cft_rl.annotate.job import describe  # the summary line, needed only here
+
+            why = f" ({describe(json.loads(summary.read_text()))})"
+        print(f"{path} holds no annotated rows{why}")
+    for row in rows.select(range(min(args.limit, len(rows)))):
+        print(render_terminal(row, color=not args.no_color and sys.stdout.isatty()), end="\n\n")
+    if args.html:
+        print(f"wrote {write_html(rows, args.html)}")
+    return 0

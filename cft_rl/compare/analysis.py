@@ -15,7 +15,6 @@ label's steps, never extrapolated beyond a run's own first and last step). Plott
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import math
@@ -248,13 +247,15 @@ class CompareConfig:
     """Settings of ``cft-rl compare``.
 
     Parameters:
-        runs: run folders. labels: one per run (default: the folder name without its seed).
+        runs: run folders (TRL output_dirs, ``trainer_state.json`` inside).
+        labels: one per run (default: the folder name without its seed).
         metrics: fnmatch patterns of the metrics to compare (default :data:`DEFAULT_METRICS`).
         out: report folder (figures/, report.html, report.md, report.json).
         band: "minmax", "ci" or "none" around each label's mean over seeds.
         collapse_metric / collapse_fraction: a run's entropy has collapsed when this metric falls
             below this fraction of its first logged value.
         fit: fit R = -a exp(H) + b per label on (entropy_metric, reward_metric) pairs of the same step.
+        entropy_metric / reward_metric: the metrics the fit pairs.
     """
 
     runs: list[str]
@@ -356,43 +357,18 @@ def build_report(config: CompareConfig) -> Report:
 # --- command line ----------------------------------------------------------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="TRL output_dirs (trainer_state.json inside)")
-    p.add_argument(
-        "--labels", nargs="+", default=None, help="one label per run (default: dir name minus seed)"
-    )
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        help="metric names or globs (default: entropy, reward, pass@k, probe/*, entropy by class)",
-    )
-    p.add_argument("--out", default="outputs/compare", help="report folder")
-    p.add_argument(
-        "--band", choices=("minmax", "ci", "none"), default="minmax", help="band around the seed mean"
-    )
-    p.add_argument("--collapse-metric", default="entropy")
-    p.add_argument("--collapse-fraction", type=float, default=0.5, help="collapse: below this x the start")
-    p.add_argument("--fit", action="store_true", help="fit R = -a exp(H) + b per label")
-    p.add_argument("--entropy-metric", default="entropy")
-    p.add_argument("--reward-metric", default="reward")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    config = CompareConfig(**{k: v for k, v in vars(args).items() if k in CompareConfig.__dataclass_fields__})
+def main(argv: list[str] | None = None) -> int:
+    """``cft-rl compare RUN_DIR... [--flag value]``: every ``CompareConfig`` field is a flag."""
     from cft_rl.compare.report import report_markdown, write_report
+    from cft_rl.config_types import config_from_flags, config_parser, parse_flags
 
+    parser = config_parser(CompareConfig, "cft-rl compare", __doc__.splitlines()[0], {"runs": "*"})
+    config = config_from_flags(CompareConfig, parse_flags(parser, CompareConfig, argv))
     report = build_report(config)
     out = write_report(report, config)
     print(report_markdown(report, config))
     print(f"wrote {out}/report.html, report.md, report.json and figures/")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cft-rl compare", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -318,3 +318,23 @@ def load_math_dataset(
         for r in records
     )
     return _to_dataset(records, features=FEATURES if chat_shaped else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cft-rl data NAME``: load a math benchmark into the common record shape and show rows."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="cft-rl data", description=main.__doc__.splitlines()[0])
+    p.add_argument("name", help="benchmark name, or 'all'")
+    p.add_argument(
+        "--data-root", default=None, help="folder with the benchmark files (default ../shared/data)"
+    )
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--show", type=int, default=2, help="rows to print")
+    args = p.parse_args(argv)
+    for name in list(BENCHMARKS) if args.name == "all" else [args.name]:
+        ds = load_benchmark(name, data_root=args.data_root, limit=args.limit)
+        print(f"{name}: {len(ds)} rows")
+        for row in ds.select(range(min(args.show, len(ds)))):
+            print(json.dumps({k: row[k] for k in ("id", "question", "answer")}, ensure_ascii=False)[:400])
+    return 0

@@ -16,7 +16,6 @@ results made with other settings are never overwritten: they move to ``.supersed
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -27,8 +26,8 @@ from pathlib import Path
 from cft_rl.data.benchmarks import BENCHMARKS, PAPER_SUITE
 from cft_rl.outputs import settings_key, supersede, write_atomic, write_json
 
-# torch, transformers and datasets are imported inside the functions that need them: the CLI builds
-# this module's parser for every command, and `cft-rl --help` must stay instant.
+# torch, transformers and datasets are imported inside the functions that need them: the pipeline
+# imports this module to check a recipe's eval section, which must not wait for torch.
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +43,22 @@ class EvalConfig:
         benchmarks: benchmark names (:data:`cft_rl.data.datasets.BENCHMARKS`), a toy build folder (its test
             split), or any dataset :func:`cft_rl.data.datasets.load_math_dataset` reads (path or Hub id).
         suite: "paper" (the CFT paper's eleven benchmarks) or "all"; added to ``benchmarks``.
-        out: output folder. split: the split of dataset folders and Hub ids (benchmarks have one).
+        out: output folder (a rerun resumes in it).
+        split: the split of dataset folders and Hub ids (benchmarks have one).
         limit: first this many questions per benchmark (None: all).
-        greedy: run greedy decoding (accuracy). num_samples: samples per question at ``temperature``
-            (0: no sampling). ks / maj_ks: pass@k and maj@k ks (default: powers of two up to n; n).
-        max_new_tokens, batch_size (prompts per generation call), seed: generation settings.
-        backend: "hf" (transformers) or "vllm"; vllm_gpu_memory_utilization: vLLM's GPU share.
-        data_root: the benchmark files' folder.
+        greedy: run greedy decoding (accuracy).
+        num_samples: samples per question at ``temperature`` for pass@k and maj@k (0: no sampling).
+        temperature: the sampling temperature.
+        ks: pass@k ks (default: 1, 2, 4, ... up to ``num_samples``, and ``num_samples``).
+        maj_ks: maj@k ks (default: ``num_samples``).
+        max_new_tokens: generation budget per completion.
+        batch_size: prompts per generation call.
+        seed: the sampling seed.
+        backend: "hf" (transformers) or "vllm".
+        vllm_gpu_memory_utilization: vLLM's share of the GPU.
+        data_root: the benchmark files' folder (default ../shared/data).
         overwrite: rerun benchmarks already finished with the same settings.
+        progress: show a progress bar over the benchmarks.
     """
 
     model: str
@@ -63,8 +70,8 @@ class EvalConfig:
     greedy: bool = True
     num_samples: int = 0
     temperature: float = 1.0
-    ks: tuple[int, ...] | None = None
-    maj_ks: tuple[int, ...] | None = None
+    ks: list[int] | None = None  # tuples after __post_init__
+    maj_ks: list[int] | None = None
     max_new_tokens: int = 1024
     batch_size: int = 32
     seed: int = 0
@@ -88,6 +95,7 @@ class EvalConfig:
         if not self.greedy and self.num_samples < 1:
             raise ValueError("greedy is off and num_samples is 0: set --num-samples N or keep greedy")
         n = self.num_samples
+        self.ks, self.maj_ks = (tuple(ks) if ks is not None else None for ks in (self.ks, self.maj_ks))
         if n:
             self.ks = tuple(self.ks or sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}))
             self.maj_ks = tuple(self.maj_ks or (n,))
@@ -314,42 +322,29 @@ def run_eval(config: EvalConfig, backend=None) -> dict[str, dict]:
 # --- command line ----------------------------------------------------------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="checkpoint folder (full or LoRA) or Hub id")
-    p.add_argument("benchmarks", nargs="*", help="benchmark names, toy build folders or dataset paths")
-    p.add_argument("--suite", choices=sorted(SUITES), default=None, help="paper: the CFT paper's 11 sets")
-    p.add_argument("--out", default="outputs/eval", help="output folder (reruns resume in it)")
-    p.add_argument("--split", default="test", help="split of dataset folders and Hub ids")
-    p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
-    p.add_argument("--no-greedy", dest="greedy", action="store_false", help="sampled metrics only")
-    p.add_argument("--num-samples", type=int, default=0, help="samples per question for pass@k/maj@k")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--ks", type=int, nargs="+", default=None, help="pass@k ks (default 1,2,4..n)")
-    p.add_argument("--maj-ks", type=int, nargs="+", default=None, help="maj@k ks (default n)")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per generation call")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
-    p.add_argument("--data-root", default=None, help="benchmark files (default ../shared/data)")
-    p.add_argument("--overwrite", action="store_true", help="redo benchmarks already finished")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--table", nargs="+", metavar="EVAL_DIR", help="print the paper table of finished evals")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``cft-rl eval MODEL BENCHMARK... [--flag value]``: every ``EvalConfig`` field is a flag;
+    ``cft-rl eval --table EVAL_DIR...`` prints the paper table of finished evaluations."""
+    from cft_rl.config_types import config_from_flags, config_parser, parse_flags
     from cft_rl.eval.tables import load_results, paper_table, results_table
 
+    parser = config_parser(
+        EvalConfig,
+        "cft-rl eval",
+        __doc__.splitlines()[0],
+        positional={"model": "?", "benchmarks": "*"},
+    )
+    parser.add_argument(
+        "--table", nargs="+", metavar="EVAL_DIR", help="print the paper table of finished evals"
+    )
+    args = parse_flags(parser, EvalConfig, argv)
     if args.table:  # `cft-rl eval --table DIR...`: the positional words are folders too
         folders = [*args.table, *([args.model] if args.model else []), *args.benchmarks]
         print(paper_table({f"{m} ({f})": r for f in folders for m, r in [load_results(f)]}))
         return 0
     if not args.model:
         raise ValueError("name the model to evaluate: cft-rl eval MODEL BENCHMARK... (or --suite paper)")
-    fields = {f.name for f in dataclasses.fields(EvalConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    config = EvalConfig(
-        **{**values, "ks": args.ks and tuple(args.ks), "maj_ks": args.maj_ks and tuple(args.maj_ks)}
-    )
+    config = config_from_flags(EvalConfig, args)
     results = run_eval(config)
     print(results_table(results))
     if config.suite == "paper":
@@ -358,12 +353,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         print("\n" + table)
     print(f"\nwrote {config.out}/summary.json and a .json/.parquet pair per benchmark")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cft-rl eval", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

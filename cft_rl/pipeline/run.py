@@ -19,6 +19,7 @@ folder of a stage whose settings changed is moved to ``output_dir/.superseded/``
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import shlex
@@ -90,22 +91,36 @@ def supersede(root: Path, stage: Stage) -> Path:
 # --- the jobs --------------------------------------------------------------------------------------
 
 
-def _launched(stage: Stage, command: str, root: Path, extra: list[str] = ()) -> None:
-    """Run ``cft-rl <command> --config <stage>/config.yaml`` under the stage's launcher."""
+# The job of each launched stage kind: its package (``python -m`` under a launcher) and its main.
+JOBS = {
+    "annotate": ("cft_rl.annotate", "cft_rl.annotate.job"),
+    "sft": ("cft_rl.sft", "cft_rl.sft.trainer"),
+    "grpo": ("cft_rl.grpo", "cft_rl.grpo.run"),
+}
+
+
+def _launched(stage: Stage, root: Path, extra: list[str] = ()) -> None:
+    """Run the stage's job with ``--config <stage>/config.yaml``: under the stage's launcher as
+    ``<launch> -m cft_rl.<kind>``, or without one through the job's ``main`` in this process."""
     folder = root / stage.name
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(stage.settings, sort_keys=False))
-    argv = [command, "--config", str(config), *extra]
+    package, module = JOBS[stage.kind]
+    argv = ["--config", str(config), *extra]
     if stage.launch:  # e.g. accelerate launch --config_file recipes/accelerate_configs/zero2.yaml
-        cmd = [*shlex.split(stage.launch), "-m", "cft_rl.cli", *argv]
+        cmd = [*shlex.split(stage.launch), "-m", package, *argv]
         logger.info("running %s", shlex.join(cmd))
         if subprocess.run(cmd).returncode != 0:
             raise StageError(f"{stage.name}: `{shlex.join(cmd)}` failed (its output is above)")
         return
-    from cft_rl.cli import main as cli_main
-
-    if cli_main(argv) != 0:
-        raise StageError(f"{stage.name}: `cft-rl {shlex.join(argv)}` failed (the error is above)")
+    try:
+        code = importlib.import_module(module).main(argv)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:  # the job's own clear errors
+        raise StageError(f"{stage.name}: `python -m {package} {shlex.join(argv)}` failed: {exc}") from exc
+    if code != 0:
+        raise StageError(
+            f"{stage.name}: `python -m {package} {shlex.join(argv)}` failed (the error is above)"
+        )
 
 
 def _last_checkpoint(folder: Path) -> list[str]:
@@ -129,7 +144,7 @@ def run_toy(stage: Stage, root: Path) -> dict:
 
 
 def run_annotate(stage: Stage, root: Path) -> dict:
-    _launched(stage, "annotate", root)
+    _launched(stage, root)
     summary = json.loads((root / stage.name / "summary.json").read_text())
     return {"dataset": str(root / stage.name / "dataset"), "summary": summary}
 
@@ -140,7 +155,7 @@ def run_trainer(stage: Stage, root: Path) -> dict:
     resume = _last_checkpoint(folder)
     if resume:
         logger.info("%s: resuming from %s", stage.name, resume[1])
-    _launched(stage, stage.kind, root, resume)
+    _launched(stage, root, resume)
     outputs: dict = {"checkpoint": str(folder), "resumed_from": resume[1] if resume else None}
     state = folder / "trainer_state.json"
     if state.is_file():
@@ -157,9 +172,6 @@ def run_eval_stage(stage: Stage, root: Path) -> dict:
     from cft_rl.eval.job import EvalConfig, run_eval
 
     settings = {**stage.settings, "out": str(root / stage.name)}
-    for key in ("ks", "maj_ks"):
-        if settings.get(key) is not None:
-            settings[key] = tuple(settings[key])
     results = run_eval(EvalConfig(**settings))
     return {"accuracy": {name: r["accuracy"] for name, r in results.items()}}
 
@@ -263,22 +275,17 @@ def summary(results: list[StageResult], root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``cft-rl pipeline RECIPE [--dry-run] [--set section.key=value ...]``. The recipe is the config:
+    its sections are checked against each stage's config dataclass (:mod:`cft_rl.pipeline.recipe`)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="cft-rl pipeline", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-def add_arguments(p) -> None:
+    p = argparse.ArgumentParser(prog="cft-rl pipeline", description=__doc__.splitlines()[0])
     p.add_argument("recipe", help="pipeline recipe YAML (e.g. recipes/toy/pipeline.yaml)")
     p.add_argument("--dry-run", action="store_true", help="print the plan: what runs, resumes or is skipped")
     p.add_argument(
         "--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override recipe settings"
     )
-
-
-def run_from_args(args) -> int:
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     recipe = Recipe.load(args.recipe, args.set)
     with contextlib.suppress(KeyboardInterrupt):
@@ -286,6 +293,10 @@ def run_from_args(args) -> int:
         return 0
     print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
     return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 
 __all__ = ["Recipe", "RecipeError", "StageError", "plan", "run_pipeline", "status"]

@@ -290,3 +290,34 @@ def load_toy(path: str | Path):
         )
     model = AutoModelForCausalLM.from_pretrained(path)
     return model, load_tokenizer(path), datasets.load_from_disk(str(path / "data"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cft-rl toy build --out DIR [--tiny] [--field value] [--set key=value ...]``: every
+    ``ToyBuildConfig`` field is a flag (``--task`` takes a YAML mapping); ``--tiny`` starts from the
+    seconds-long variant's settings instead of the defaults."""
+    import sys
+
+    import yaml
+
+    from cft_rl.config_types import config_from_flags, config_parser, parse_flags, unknown_key
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    description = "build (or reuse) the toy task, tokenizer and base model in --out"
+    parser = config_parser(ToyBuildConfig, "cft-rl toy build", description)
+    parser.add_argument("--out", required=True, help="folder to build into; loads with from_pretrained(DIR)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings")
+    parser.add_argument("--tiny", action="store_true", help="the seconds-long variant used by the tests")
+    tiny = dataclasses.asdict(ToyBuildConfig.tiny()) if "--tiny" in argv else {}
+    args = parse_flags(parser, ToyBuildConfig, argv, base=tiny)
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        if problem := unknown_key([key], {f.name for f in dataclasses.fields(ToyBuildConfig)}, "", "--set"):
+            raise ValueError(problem)
+        setattr(args, key, yaml.safe_load(value))
+    config = config_from_flags(ToyBuildConfig, args)
+    out = build_toy(args.out, config)
+    print(f"toy world ready in {out} (key {config.key()})")
+    return 0

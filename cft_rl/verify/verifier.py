@@ -349,3 +349,18 @@ def get_reward_func(name: str) -> Callable:
     raise ValueError(
         f"Unknown reward function {name!r}. Registered: {sorted(REWARD_FUNCS)}; or give a dotted import path."
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cft-rl verify PREDICTION GOLD``: print the verdict as JSON; exit 0 when it is correct."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="cft-rl verify", description=main.__doc__.splitlines()[0])
+    p.add_argument("prediction", help="model output text; its final answer is extracted")
+    p.add_argument("gold", help="the gold answer, e.g. 72 or \\frac{1}{2}")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds before the verification gives up")
+    args = p.parse_args(argv)
+    verdict = check(args.prediction, args.gold, timeout=args.timeout)
+    print(json.dumps(verdict.__dict__, ensure_ascii=False))
+    return 0 if verdict.score == 1.0 else 1

@@ -1,0 +1,13 @@
+"""``python -m cft_rl.annotate``: the annotation job as a process, e.g. under a launcher
+(``accelerate launch -m cft_rl.annotate --config ...``), which is how the pipeline starts it.
+
+A package entry rather than ``-m cft_rl.annotate.job``, which would run that module twice (once as
+``__main__``, once when imported by name), with two copies of its classes.
+"""
+
+import sys
+
+from cft_rl.annotate.job import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
