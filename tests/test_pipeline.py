@@ -249,3 +249,16 @@ def test_a_changed_arm_reruns_only_downstream(finished):
     assert read_manifest(root, plan(changed)[3])["settings"]["learning_rate"] == 2.0e-3
     kept = sorted(p.name for p in (root / ".superseded").iterdir())
     assert any(name.startswith("sft__critical.") for name in kept)  # the old folder is kept, not deleted
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sft.launch=5", r"sft\.launch = 5 \(int\) does not fit SFTSection\.launch, which takes str \| None"),
+        ("eval.models=base", r"eval\.models = 'base' \(str\) does not fit EvalSection\.models"),
+        ("grpo.seeds=[0, x]", r"grpo\.seeds = \[0, 'x'\].*GRPOSection\.seeds"),
+    ],
+)
+def test_the_pipelines_own_keys_are_dataclass_fields_checked_by_type(tmp_path, override, message):
+    with pytest.raises(RecipeError, match=message):
+        _recipe(tmp_path, override)

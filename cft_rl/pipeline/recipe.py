@@ -22,7 +22,6 @@ error names the key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -41,14 +40,52 @@ RESERVED = {
     "eval": {"model", "out"},
     "compare": {"runs", "labels", "out"},
 }
-# Section keys that are not fields of the job's config class.
-EXTRA_KEYS = {
-    "annotate": {"launch"},
-    "sft": {"arms", "launch"},
-    "grpo": {"seeds", "launch"},
-    "eval": {"models"},
-}
 EVAL_MODELS = ("base", "sft", "grpo")
+
+
+# The sections' own keys, which are no field of the job's config: dataclasses too, so that they are
+# checked (name and type) the way the job's fields are.
+@dataclass
+class LaunchedSection:
+    """Pipeline keys of a section whose jobs can run under a launcher.
+
+    Parameters:
+        launch: the launcher command of this section's jobs (default: the recipe's ``launch``).
+    """
+
+    launch: str | None = None
+
+
+@dataclass
+class SFTSection(LaunchedSection):
+    """``sft.arms``: strategy names, or mappings with ``name``, ``strategy`` and any SFT field."""
+
+    arms: list[str | dict] = field(default_factory=lambda: list(REQUIRED_ARMS))
+
+
+@dataclass
+class GRPOSection(LaunchedSection):
+    """``grpo.seeds``: one GRPO run per seed and arm."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class EvalSection:
+    """``eval.models``: which are evaluated: ``base``, ``sft`` (each arm), ``grpo`` (each run)."""
+
+    models: list[str] = field(default_factory=lambda: list(EVAL_MODELS))
+
+
+PIPELINE_KEYS = {"annotate": LaunchedSection, "sft": SFTSection, "grpo": GRPOSection, "eval": EvalSection}
+
+
+def pipeline_keys(section: str) -> set[str]:
+    """The keys of ``section`` that the pipeline takes itself (not passed to the job)."""
+    cls = PIPELINE_KEYS.get(section)
+    return {f.name for f in dataclasses.fields(cls)} if cls else set()
+
+
 # Settings that do not change a stage's results; left out of its key so changing them reruns nothing.
 UNKEYED = {
     "launch",
@@ -73,6 +110,12 @@ class RecipeError(ValueError):
 
 
 def _config_classes(section: str) -> tuple[type, ...]:
+    """The dataclasses of ``section``'s keys: the pipeline's own, then the job's config classes."""
+    own = (PIPELINE_KEYS[section],) if section in PIPELINE_KEYS else ()
+    return own + _job_classes(section)
+
+
+def _job_classes(section: str) -> tuple[type, ...]:
     """The config classes that receive ``section``'s keys (heavy imports happen only here)."""
     if section == "toy":
         from cft_rl.toy.build import ToyBuildConfig
@@ -102,18 +145,14 @@ def _config_classes(section: str) -> tuple[type, ...]:
 def section_keys(section: str) -> set[str]:
     """Every key the recipe's ``section`` accepts."""
     valid = {f.name for cls in _config_classes(section) for f in dataclasses.fields(cls)}
-    if section == "toy":
-        return valid
-    return (valid - RESERVED[section]) | EXTRA_KEYS.get(section, set())
+    return valid - RESERVED.get(section, set())
 
 
 def _unknown(keys, valid, where: str) -> None:
-    for key in keys:
-        if key in valid:
-            continue
-        close = difflib.get_close_matches(str(key), sorted(valid), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise RecipeError(f"unknown key {where}{key!r} in the recipe{hint}")
+    from cft_rl.config_types import unknown_key
+
+    if problem := unknown_key(keys, valid, where):
+        raise RecipeError(problem)
 
 
 def _reserved(section: str, values: dict) -> None:
@@ -271,8 +310,8 @@ def _training_stages(recipe: Recipe, model, data, upstream: list[str]) -> tuple[
     """The SFT arms, then GRPO per seed and arm; and the (arm, GRPO stage name) pairs."""
     root = Path(recipe.output_dir)
     launch = recipe.launch
-    sft_common = {k: v for k, v in recipe.sft.items() if k not in EXTRA_KEYS["sft"]}
-    grpo_common = {k: v for k, v in recipe.grpo.items() if k not in EXTRA_KEYS["grpo"]}
+    sft_common = {k: v for k, v in recipe.sft.items() if k not in pipeline_keys("sft")}
+    grpo_common = {k: v for k, v in recipe.grpo.items() if k not in pipeline_keys("grpo")}
     grpo_common.setdefault("dataset_train_split", recipe.dataset_train_split)
     stages, grpo_runs, arms = [], [], recipe.arms()
     for arm, overrides in arms.items():
@@ -306,12 +345,12 @@ def plan(recipe: Recipe) -> list[Stage]:
         world = root / "toy" / "world"
         model, data, upstream = model or str(world), data or str(world / "data"), ["toy"]
 
-    annotate = {k: v for k, v in recipe.annotate.items() if k != "launch"}
+    annotate = {k: v for k, v in recipe.annotate.items() if k not in pipeline_keys("annotate")}
     annotate |= {"model": model, "dataset": data, "out": str(root / "annotate")}
     annotate.setdefault("split", recipe.dataset_train_split)
     stages.append(Stage("annotate", "annotate", annotate, upstream, recipe.annotate.get("launch", launch)))
 
-    eval_common = {k: v for k, v in recipe.eval.items() if k != "models"}
+    eval_common = {k: v for k, v in recipe.eval.items() if k not in pipeline_keys("eval")}
     if recipe.toy is not None:
         eval_common.setdefault("benchmarks", [str(root / "toy" / "world")])
     which = recipe.eval.get("models", EVAL_MODELS)
