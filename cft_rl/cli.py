@@ -54,7 +54,7 @@ CLEAN_ERRORS = (ValueError, FileExistsError, FileNotFoundError)
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: cft-rl <command> [flags]    ({__doc__.splitlines()[0]})", "", "commands:"]
+    lines = ["usage: cft-rl <command> [flags]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines.append("\n`cft-rl <command> --help` lists a command's flags.")
     return "\n".join(lines)
