@@ -29,6 +29,8 @@ Metrics, logged next to TRL's: ``selected/fraction``, ``selected/nll``, ``select
 Checkpoints: ``output_dir`` holds the full model, or with ``use_peft`` the LoRA adapter
 (``adapter_config.json``); :func:`load_sft_checkpoint` loads either for the GRPO stage.
 
+The private parts of TRL this relies on are listed, with the rest, in :mod:`cft_rl.grpo.trainer`.
+
 Not supported (each refused with an error): packing, label smoothing, ``compute_loss_func``, MoE router
 auxiliary losses, context/sequence parallelism.
 """
@@ -247,7 +249,7 @@ class SelectiveSFTTrainer(SFTTrainer):
 
 
 def _load_tokenizer(model):
-    return load_checkpoint_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
+    return load_checkpoint_tokenizer(model if isinstance(model, str) else model.config.name_or_path)
 
 
 def _scoring_model(name: str, args: SelectiveSFTConfig):
