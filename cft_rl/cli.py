@@ -117,7 +117,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_sft(argv: list[str]) -> int:
-    from cft_rl.sft.trainer import main as sft_main
+    from cft_rl.sft.run import main as sft_main
 
     return sft_main(argv)
 
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(func=module.run_from_args)
 
-    # Parsed by TRL's parser (see cft_rl.sft.trainer.main); listed here so that `cft-rl --help` shows it.
+    # Parsed by TRL's parser (see cft_rl.sft.run.main); listed here so that `cft-rl --help` shows it.
     sub.add_parser(
         "sft",
         add_help=False,
