@@ -49,13 +49,8 @@ from trl.trainer.utils import pad
 
 from cft_rl.models import load_model, load_tokenizer
 from cft_rl.sft.loss import selection_metrics, selection_sums, selective_loss
-from cft_rl.sft.selection import (
-    STRATEGIES,
-    SelectionError,
-    check_strategy,
-    prepare_dataset,
-    truncate_prepared,
-)
+from cft_rl.sft.prepare import prepare_dataset, truncate_prepared
+from cft_rl.sft.selection import STRATEGIES, SelectionError, check_strategy
 
 logger = logging.getLogger(__name__)
 
