@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "show an annotation's critical tokens in the terminal and as HTML",
     ),
     "sft": (
-        "cft_rl.sft.trainer:main",
+        "cft_rl.sft.run:main",
         "token-selective SFT (full, critical, numeric, answer, random, entropy, sftkey; DFT; LoRA)",
     ),
     "grpo": (

@@ -34,8 +34,10 @@ from trl import SFTConfig, SFTTrainer
 
 from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.reports import markdown_table, write_section
-from cft_rl.sft.selection import numeric_spans, prepare_dataset
-from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer, load_sft_dataset
+from cft_rl.sft.prepare import prepare_dataset
+from cft_rl.sft.run import load_sft_dataset
+from cft_rl.sft.selection import numeric_spans
+from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer
 from cft_rl.toy.build import load_toy
 
 VARIANTS = ("trl", "full", "critical", "critical+dft")

@@ -360,8 +360,10 @@ def test_render_reads_an_all_skipped_annotation(all_skipped, tmp_path, capsys):
 
 
 def test_sft_reads_an_all_skipped_annotation_and_refuses_clearly(all_skipped, toy_dir, tmp_path):
-    from cft_rl.sft.selection import SelectionError, prepare_dataset
-    from cft_rl.sft.trainer import SelectiveSFTConfig, load_checkpoint_tokenizer, load_sft_dataset
+    from cft_rl.sft.prepare import prepare_dataset
+    from cft_rl.sft.run import load_sft_dataset
+    from cft_rl.sft.selection import SelectionError
+    from cft_rl.sft.trainer import SelectiveSFTConfig, load_checkpoint_tokenizer
 
     out, _ = all_skipped
     train = load_sft_dataset(str(out), "train")

@@ -14,6 +14,7 @@ import torch
 from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.grpo.metrics import group_metrics
 from cft_rl.grpo.run import GRPORunConfig, build_reward_funcs, load_warm_start, make_probe, tolerant_reward
+from cft_rl.grpo.trainer import model_token_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -73,6 +74,15 @@ def test_tolerant_reward_logs_zero_failures_and_rejects_a_wrong_length():
     assert metrics == {"rewards/acc/frac_failed": 0.0}
     with pytest.raises(ValueError, match="returned 1 rewards for 2 completions"):
         tolerant_reward(lambda completions, **kw: [1.0])(completions=["a", "b"])
+
+
+def test_lengths_count_model_tokens_as_trl_does():
+    """Tool/env tokens (mask 0) do not count; the mask is padded with 1 past each row's length. A row that
+    ``mask_truncated_completions`` zeroed counts all its tokens, and only then."""
+    tool_mask = torch.tensor([[1, 0, 0, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
+    assert model_token_counts([3, 2, 3], None) == [3, 2, 3]
+    assert model_token_counts([5, 2, 3], tool_mask) == [3, 2, 0]
+    assert model_token_counts([5, 2, 3], tool_mask, truncated_masked=True) == [3, 2, 3]
 
 
 def test_reward_funcs_by_name_and_dotted_path():

@@ -260,7 +260,7 @@ FLAGS = ["--dtype", "float16", "--model_revision", "v1"]
 
 
 def test_sft_keeps_the_recipes_model_init_kwargs_and_trust_remote_code(monkeypatch, toy_dir, tmp_path):
-    import cft_rl.sft.trainer as sft
+    import cft_rl.sft.run as sft
 
     seen = {}
 

@@ -89,7 +89,7 @@ def test_a_rerun_resumes_an_interrupted_run_and_skips_a_finished_one(
     command, toy_dir, tmp_path, capsys, monkeypatch
 ):
     import cft_rl.grpo.run
-    import cft_rl.sft.trainer
+    import cft_rl.sft.run
 
     run = {"sft": _sft, "grpo": _grpo}[command]
     out = tmp_path / "out"
@@ -102,7 +102,7 @@ def test_a_rerun_resumes_an_interrupted_run_and_skips_a_finished_one(
     assert "resuming from its last checkpoint, checkpoint-1 (step 1)" in capsys.readouterr().out
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
 
-    module, name = (cft_rl.sft.trainer, "train_sft") if command == "sft" else (cft_rl.grpo.run, "train_grpo")
+    module, name = (cft_rl.sft.run, "train_sft") if command == "sft" else (cft_rl.grpo.run, "train_grpo")
     with monkeypatch.context() as patched:
         patched.setattr(module, name, lambda *a, **k: pytest.fail("a finished run was trained again"))
         assert run(toy_dir, out) == 0

@@ -6,15 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cft_rl.annotate.rule import encode_example
+from cft_rl.sft.prepare import SelectionCounter, prepare_dataset
 from cft_rl.sft.selection import (
     STRATEGIES,
     RowSelection,
-    SelectionCounter,
     SelectionError,
     answer_spans,
     check_strategy,
     numeric_spans,
-    prepare_dataset,
     select_weights,
     tokens_in_spans,
     validate_spans,

@@ -15,12 +15,12 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 from cft_rl.cli import main as cli_main
 from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.sft.loss import SUM_KEYS, selection_metrics, selective_loss
+from cft_rl.sft.run import train_sft
 from cft_rl.sft.trainer import (
     SelectiveDataCollator,
     SelectiveSFTConfig,
     SelectiveSFTTrainer,
     load_sft_checkpoint,
-    train_sft,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cft_rl.cpu import QUIET_CPU_RUN
-from cft_rl.sft.selection import prepare_dataset
+from cft_rl.sft.prepare import prepare_dataset
 from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer
 
 ROOT = Path(__file__).resolve().parents[1]

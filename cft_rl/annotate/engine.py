@@ -194,14 +194,7 @@ def annotate_many(
             for s, ((_, t, r), tail) in zip(solutions, ended, strict=True)
         ]
         verdicts = _verify(texts, [s.gold for s in solutions], memo)
-        for s, ((_, t, r), _), verdict in zip(solutions, ended, verdicts, strict=True):
-            s.verdicts[t, r] = verdict
-            s.pending -= 1
-            early_stop = not eager_alternatives and verdict.score == 1.0  # no later rank is tried
-            s.judged += early_stop or all((t, q) in s.verdicts for q in range(len(s.alternatives[t])))
-            # The reference's early stop: the next alternative only where this one was not correct.
-            if not eager_alternatives and verdict.score != 1.0 and r + 1 < len(s.alternatives[t]):
-                _submit(backend, s, t, r + 1, max_continuation_tokens)
+        _record(backend, solutions, ended, verdicts, eager_alternatives, max_continuation_tokens)
         for s in {id(s): s for s in solutions}.values():
             if on_progress is not None:
                 on_progress(s.key, s.judged, len(s.completion_ids))
@@ -211,6 +204,20 @@ def annotate_many(
                 yield s.key, _annotations(tokenizer, s)
     if open_:  # a backend that went idle with branches outstanding lost them
         raise RuntimeError(f"{len(open_)} solution(s) left unfinished by the decoding backend")
+
+
+def _record(
+    backend, solutions, ended, verdicts, eager_alternatives: bool, max_continuation_tokens: int
+) -> None:
+    """Keep each ended branch's verdict, and submit the next alternative where the reference would."""
+    for s, ((_, t, r), _), verdict in zip(solutions, ended, verdicts, strict=True):
+        s.verdicts[t, r] = verdict
+        s.pending -= 1
+        early_stop = not eager_alternatives and verdict.score == 1.0  # no later rank is tried
+        s.judged += early_stop or all((t, q) in s.verdicts for q in range(len(s.alternatives[t])))
+        # The reference's early stop: the next alternative only where this one was not correct.
+        if not eager_alternatives and verdict.score != 1.0 and r + 1 < len(s.alternatives[t]):
+            _submit(backend, s, t, r + 1, max_continuation_tokens)
 
 
 def _open(backend, tokenizer, example, num_alternatives: int) -> _Solution:

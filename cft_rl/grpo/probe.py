@@ -5,7 +5,8 @@ transformers path does, inside ``trl.models.unwrap_model_for_generation`` (publi
 gathered unless ``args.ds3_gather_for_generation`` is off, gradient checkpointing off) and
 ``trl.distributed.DistributedBackend.summon_full_params`` (TRL's internal helper, FSDP v1 full
 parameters; a no-op elsewhere). It reads the trainer's ``model_wrapped``, ``args``, ``monitor``,
-``_tokenizer`` (TRL's) and ``_metrics`` (TRL's metric store).
+``_tokenizer`` (TRL's) and ``_metrics`` (TRL's metric store). These private parts of TRL are listed,
+with the rest, in :mod:`cft_rl.grpo.trainer`.
 """
 
 from __future__ import annotations

@@ -5,23 +5,68 @@ inputs from the trainer, across processes, and hands the results to TRL's own me
 (``self._metrics[mode]``), so they are averaged over the logging window, logged to every ``report_to``
 backend and written to ``trainer_state.json`` exactly like TRL's ``reward`` or ``entropy``.
 
-Where it hooks in (each override calls TRL's method and only *reads* what it returns):
-
-- ``_generate``: keeps this process's completion texts and lengths of the generation batch.
-- ``_calculate_rewards``: keeps the reward matrix, which TRL has already gathered across processes
-  (rows in TRL's group layout: process 0's rows, then process 1's, ...).
-- ``_generate_and_score_completions``: gathers the texts and lengths the same way (``gather_object``
-  and ``gather`` concatenate in process order, as TRL's reward gather does), then the main process
-  computes the ``explore/*`` and ``completions/*`` metrics of whole groups, even when a group of G
-  generations was split across processes.
-- ``_get_per_token_logps_and_entropies`` / ``_compute_loss``: keeps the per-token entropies TRL computes
-  for its loss anyway (no extra forward pass) and the class of each completion token.
-- ``log``: gathers the window's token entropies from every process and adds the ``entropy/*`` metrics
-  before TRL averages and logs. Percentiles are of all tokens of the window, never of per-rank pieces.
-
 Only the main process computes and logs metrics (as only it writes logs); every process takes part in
 each gather. The probe (:mod:`cft_rl.grpo.probe`) runs as a callback at optimizer-step boundaries,
 outside TRL's ``step_time``.
+
+The private surface on TRL
+--------------------------
+Every underscore method or attribute of TRL's or transformers' classes, and every TRL internal, that
+``cft_rl`` overrides, calls or reads, package-wide, in one list: each with its signature as we rely on it
+(``...``: further parameters that we pass through or leave alone) and why. ``tests/test_trl_hooks.py``
+reads this list and checks every entry against the installed TRL and transformers, so an upgrade that
+renames or reshapes one fails there, loudly, instead of silently producing wrong metrics. Overrides call
+TRL's method and only *read* what it returns.
+
+Here, in :class:`MonitoredGRPOTrainer`:
+
+- ``trl.GRPOTrainer._calculate_rewards(self, inputs, prompts, completions, completion_ids_list)``:
+  override. Keeps this process's completion texts and token counts, and the reward matrix, which TRL
+  returns already gathered across processes (rows in TRL's group layout: process 0's rows, then
+  process 1's, ...).
+- ``trl.GRPOTrainer._generate_and_score_completions(self, inputs)``: override. After TRL's, gathers the
+  texts and lengths the same way (``gather_object`` and ``gather`` concatenate in process order, as
+  TRL's reward gather does; lengths count model tokens only, from the returned batch's ``tool_mask``,
+  as TRL counts them), then the main process computes the ``explore/*`` and ``completions/*`` metrics
+  of whole groups, even when a group of G generations was split across processes.
+- ``trl.GRPOTrainer._get_per_token_logps_and_entropies(self, model, input_ids, attention_mask,
+  logits_to_keep, ...)``: override, passing everything through. Keeps the entropies of its
+  ``(logps, entropies, aux_loss)`` result, which TRL computes for its loss anyway (no extra forward).
+- ``trl.GRPOTrainer._compute_loss(self, model, inputs)``: override. Marks its pass as the one whose
+  entropies count, and classes the tokens TRL's own ``entropy`` averages: ``inputs["completion_ids"]``
+  under ``completion_mask`` (and ``tool_mask``).
+- ``trl.GRPOTrainer._metrics``: TRL's metric store, ``{"train"|"eval": {name: [values]}}``, averaged
+  over the logging window when TRL logs. The monitors append to it here and in ``log``, which first
+  gathers the window's token entropies from every process (percentiles are of all the window's tokens,
+  never of per-rank pieces); the probe appends from its callback.
+- ``trl.GRPOTrainer._tokenizer``: the text tokenizer of ``processing_class``. Builds the token-class
+  table; the probe samples with it.
+
+Elsewhere:
+
+- ``trl.models.unwrap_model_for_generation(model, accelerator, gather_deepspeed3_params=True,
+  generation_kwargs=None, gradient_checkpointing_kwargs=None)`` (:mod:`cft_rl.grpo.probe`): documented
+  by TRL but not exported at its top level; the probe generates inside it, with TRL's settings by keyword.
+- ``trl.distributed.DistributedBackend(accelerator)`` and
+  ``trl.distributed.DistributedBackend.summon_full_params(self, module, **kwargs)``
+  (:mod:`cft_rl.grpo.probe`): TRL's internal helper, FSDP v1 full parameters around the probe's
+  ``generate`` (a no-op elsewhere), as TRL's own transformers generation path does.
+- ``trl.SFTTrainer._set_signature_columns_if_needed(self)`` (:mod:`cft_rl.sft.trainer`): override.
+  Adds ``loss_weights`` and ``completion_mask`` to ``transformers.Trainer._signature_columns``, else
+  ``remove_unused_columns`` strips them before the collator sees them.
+- ``trl.SFTTrainer._metrics`` (:mod:`cft_rl.sft.trainer`): the same store as GRPO's; ``selected/*`` and
+  ``completion/nll`` go there.
+- ``trl.trainer.sft_trainer.DataCollatorForLanguageModeling.torch_call(self, examples)``
+  (:mod:`cft_rl.sft.trainer`): TRL's collator (not exported at the top level), subclassed to pad two
+  more columns, and rebuilt from ``dataclasses.asdict`` of the one TRL built, so it keeps its settings.
+- ``trl.trainer.utils.pad(tensors, padding_value=0, padding_side="right", pad_to_multiple_of=None)``
+  (:mod:`cft_rl.sft.trainer`): pads those columns exactly as TRL pads ``input_ids``.
+- ``trl.trainer.utils.FusedCausalLMOutput.log_probs``, ``trl.trainer.utils.FusedCausalLMOutput.entropy``
+  and ``trl.trainer.utils.FusedCausalLMOutput.label_mask`` (:mod:`cft_rl.sft.trainer`): what TRL's fused
+  forward (``fused_lm_head=True``) returns inside ``SFTTrainer.compute_loss``; the selective loss and
+  its metrics read them from the first output of the model call.
+- ``transformers.PreTrainedConfig._attn_implementation`` (:mod:`cft_rl.annotate.branches`): swapped to
+  the branch attention around a decode and always restored, as the attention modules read it per call.
 
 Also here: :func:`tolerant_reward`, so that one bad completion shows up as a counted failure in the
 log instead of a crashed run.
@@ -68,6 +113,24 @@ def token_class_table(tokenizer, size: int | None = None) -> torch.Tensor:
     return torch.tensor(classes, dtype=torch.int8)
 
 
+def model_token_counts(
+    lengths: Sequence[int], tool_mask: torch.Tensor | None, truncated_masked: bool = False
+) -> list[int]:
+    """Each completion's length as TRL counts it: only model-generated tokens when a tool mask marks
+    others (tool results, or a ``rollout_func``'s ``env_mask``).
+
+    ``lengths``: the completions' token counts; ``tool_mask``: TRL's padded mask, 0 on tokens the model
+    did not generate. ``truncated_masked``: TRL's ``mask_truncated_completions``, which zeroes a truncated
+    row's whole tool mask; such a row counts all its tokens, as TRL no longer holds which were the model's.
+    """
+    if tool_mask is None:
+        return list(lengths)
+    counts = [int(tool_mask[i, :n].sum()) for i, n in enumerate(lengths)]
+    if truncated_masked:
+        counts = [count or n for count, n in zip(counts, lengths, strict=True)]
+    return counts
+
+
 class MonitoredGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` that also logs ``explore/*``, ``entropy/*``, extra ``completions/*`` and ``probe/*``.
 
@@ -110,18 +173,13 @@ class MonitoredGRPOTrainer(GRPOTrainer):
 
     # --- rollouts: texts, lengths and rewards of one generation batch ------------------------------
 
-    def _generate(self, prompts: list):
-        result = super()._generate(prompts)
-        completion_ids, tool_mask, completions = result[1], result[2], result[3]
-        self._rollout["texts"] = [_as_text(c) or "" for c in completions]
-        # As TRL counts lengths: model-generated tokens only when tools inserted some.
-        masks = tool_mask if tool_mask is not None else completion_ids
-        self._rollout["lengths"] = [int(sum(m)) if tool_mask is not None else len(m) for m in masks]
-        return result
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._rollout["rewards"] = rewards_per_func  # already gathered by TRL: every process's rows
+        self._rollout = {
+            "texts": [_as_text(c) or "" for c in completions],  # this process's rows
+            "lengths": [len(ids) for ids in completion_ids_list],
+            "rewards": rewards_per_func,  # already gathered by TRL: every process's rows
+        }
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -130,7 +188,9 @@ class MonitoredGRPOTrainer(GRPOTrainer):
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         # Every process joins both gathers; only the main process, which logs, computes.
         texts = gather_object(self._rollout.pop("texts"))
-        lengths = torch.tensor(self._rollout.pop("lengths"), device=self.accelerator.device)
+        lengths = self._rollout.pop("lengths")
+        lengths = model_token_counts(lengths, output.get("tool_mask"), self.mask_truncated_completions)
+        lengths = torch.tensor(lengths, device=self.accelerator.device)
         lengths = self.accelerator.gather(lengths).tolist()
         rewards_per_func = self._rollout.pop("rewards").float().cpu()
         if self.accelerator.is_main_process:

@@ -94,7 +94,7 @@ def supersede(root: Path, stage: Stage) -> Path:
 # The job of each launched stage kind: its package (``python -m`` under a launcher) and its main.
 JOBS = {
     "annotate": ("cft_rl.annotate", "cft_rl.annotate.job"),
-    "sft": ("cft_rl.sft", "cft_rl.sft.trainer"),
+    "sft": ("cft_rl.sft", "cft_rl.sft.run"),
     "grpo": ("cft_rl.grpo", "cft_rl.grpo.run"),
 }
 
