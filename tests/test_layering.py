@@ -25,9 +25,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "cft_rl"
 
 LAYERS: list[set[str]] = [
-    {"cft_rl", "answers", "cpu", "reports", "stats", "token_classes"},
+    {"cft_rl", "answers", "config_types", "cpu", "outputs", "reports", "stats", "token_classes"},
     {"verify", "data"},
-    {"models", "generation"},
+    {"models", "generation", "resume"},
     {"toy", "annotate", "sft", "grpo", "eval", "compare"},
     {"pipeline"},
     {"cli"},
@@ -37,22 +37,19 @@ MAX_TOP_LEVEL_MODULES = 12
 MIN_STAGE_PACKAGES = 5
 
 # (importer, imported): why it is there, and where the later phase of issue 16 moves the concept.
-_LOADER = "checkpoint/tokenizer loading lives in the SFT trainer module; moves to models.py"
 _GENERATORS = "the HF/vLLM generators live beside eval's statistics; move to generation.py"
 KNOWN_EDGES: dict[tuple[str, str], str] = {
-    ("cft_rl.annotate.judge", "cft_rl.sft.trainer"): _LOADER,
-    ("cft_rl.eval.job", "cft_rl.sft.trainer"): _LOADER,
-    ("cft_rl.grpo.run", "cft_rl.sft.trainer"): _LOADER,
+    (
+        "cft_rl.grpo.run",
+        "cft_rl.sft.trainer",
+    ): "end_processes (a launched run's teardown) sits in the SFT trainer",
     ("cft_rl.annotate.judge", "cft_rl.eval.sampling"): _GENERATORS,
-    ("cft_rl.grpo.trainer", "cft_rl.eval.sampling"): _GENERATORS + " (the probe samples with generate)",
+    ("cft_rl.grpo.probe", "cft_rl.eval.sampling"): _GENERATORS + " (the probe samples with generate)",
     (
         "cft_rl.grpo.metrics",
         "cft_rl.eval.sampling",
     ): "Sample and pass_at_k sit in eval.sampling; move to stats.py",
-    (
-        "cft_rl.sft.selection",
-        "cft_rl.eval.sampling",
-    ): "token_entropy sits in eval.sampling; moves to stats.py",
+    ("cft_rl.sft.entropy", "cft_rl.eval.sampling"): "token_entropy sits in eval.sampling; moves to stats.py",
     ("cft_rl.eval.sampling", "cft_rl.grpo.metrics"): "offline eval is configured by the GRPO MonitorConfig",
     (
         "cft_rl.grpo.metrics",
@@ -71,6 +68,9 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
     ): "annotate.job -> judge -> eval.sampling -> grpo.metrics -> annotate.job (token classes, generators)",
     frozenset({"cft_rl.compare.analysis", "cft_rl.compare.report"}): "analysis writes the report it renders",
     frozenset({"cft_rl.cli", "cft_rl.pipeline.run"}): "the pipeline runs SFT and GRPO through the CLI's main",
+    frozenset(
+        {"cft_rl.sft.entropy", "cft_rl.sft.selection"}
+    ): "selection calls the scorer, which raises SelectionError",
 }
 
 
