@@ -135,7 +135,7 @@ def test_eval_config_rejects_bad_settings():
         EvalConfig(model="m", suite="nope")
     with pytest.raises(ValueError, match="nothing to evaluate"):
         EvalConfig(model="m")
-    with pytest.raises(ValueError, match=r"ks \[8\].*1..num_samples \(4\)"):
+    with pytest.raises(ValueError, match=r"ks has k=8, more than num_samples = 4"):
         EvalConfig(model="m", benchmarks=["svamp"], num_samples=4, ks=(8,))
     config = EvalConfig(model="m", suite="paper", benchmarks=["svamp", "aime24"], num_samples=6)
     assert config.benchmarks[:2] == ["svamp", "aime24"] and len(config.benchmarks) == 12  # svamp once

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cft_rl.data.benchmarks import BENCHMARKS, PAPER_SUITE
 from cft_rl.outputs import settings_key, supersede, write_atomic, write_json
+from cft_rl.stats import check_ks, default_ks
 
 # torch, transformers and datasets are imported inside the functions that need them: the CLI builds
 # this module's parser for every command, and `cft-rl --help` must stay instant.
@@ -89,11 +90,8 @@ class EvalConfig:
             raise ValueError("greedy is off and num_samples is 0: set --num-samples N or keep greedy")
         n = self.num_samples
         if n:
-            self.ks = tuple(self.ks or sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}))
-            self.maj_ks = tuple(self.maj_ks or (n,))
-            for name, ks in (("ks", self.ks), ("maj_ks", self.maj_ks)):
-                if any(not 1 <= k <= n for k in ks):
-                    raise ValueError(f"{name} {list(ks)}: every k must lie in 1..num_samples ({n})")
+            self.ks = check_ks("ks", self.ks or default_ks(n), n, "num_samples")
+            self.maj_ks = check_ks("maj_ks", self.maj_ks or (n,), n, "num_samples")
 
     def settings(self) -> dict:
         """What decides a benchmark's results: a finished benchmark is reused only if these match."""

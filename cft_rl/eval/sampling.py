@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
 from cft_rl.generation import first_stop, plain_generate, stop_token_ids, vllm_generation_config
-from cft_rl.verify.verifier import check_batch
+from cft_rl.stats import check_ks, pass_at_k, sampled_metrics, token_entropy, wilson_interval
+from cft_rl.verify.verifier import check_batch, normalize_answer
 
 
 @dataclass
@@ -32,38 +33,6 @@ class Sample:
     text: str
     num_tokens: int
     entropies: list[float] = field(default_factory=list)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021): chance that k of n samples, c of them correct, hold one correct."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    # 1 - C(n-c, k) / C(n, k), as a running product: exact for small n, stable for large n.
-    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% for z=1.96): ``successes`` of ``n`` trials.
-
-    Chosen over the normal approximation because benchmark slices are small and accuracies sit near
-    0 or 1, where p +/- z*sqrt(p(1-p)/n) leaves [0, 1] or collapses to a point. (0, 1) when n is 0.
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    if not 0 <= successes <= n:
-        raise ValueError(f"Wilson interval needs 0 <= successes <= n; got {successes} of {n}")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of softmax(logits) over the last dimension."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 def render_prompts(tokenizer, prompts: Sequence) -> list[str]:
@@ -277,11 +246,9 @@ def score_groups(
     accuracy is the mean over all samples, with a 95% Wilson interval that counts *questions* as the
     trials (a sampled question's accuracy is a fraction; a [0, 1] variable's variance is at most
     mu(1 - mu), so this interval is conservative). pass@k, maj@k (disjoint chunks, ties split the
-    credit), entropy, distinct answers and answer entropy are the probe monitor's, on the verifier's
-    extracted answers.
+    credit), entropy, distinct answers and answer entropy are :func:`cft_rl.stats.sampled_metrics`
+    (as the GRPO probe logs them), on the verifier's extracted answers.
     """
-    from cft_rl.grpo.metrics import MonitorConfig, probe_metrics  # here: monitors imports this module
-
     if not groups:
         return {"num_questions": 0}, []
     flat = [s.text for g in groups for s in g]
@@ -294,9 +261,11 @@ def score_groups(
     correct = [[v.score == 1.0 for v in vs] for vs in verdicts]
     per_question = [sum(c) / len(c) for c in correct]
     n = min(len(g) for g in groups)
-    config = MonitorConfig(probe_num_samples=n, probe_ks=tuple(ks), probe_maj_ks=tuple(maj_ks) or (1,))
-    probe = probe_metrics(groups, correct, config, [[v.extracted for v in vs] for vs in verdicts])
-    metrics = {k.removeprefix("probe/"): v for k, v in probe.items() if maj_ks or "maj@" not in k}
+    ks = check_ks("ks", ks, n, "the samples per question")
+    maj_ks = check_ks("maj_ks", maj_ks, n, "the samples per question") if maj_ks else ()
+    answers = [[normalize_answer(v.extracted) for v in vs] for vs in verdicts]
+    entropies = [e for g in groups for s in g for e in s.entropies]
+    metrics = sampled_metrics(correct, answers, entropies, ks, maj_ks)
     for name in ("entropy", "answer_entropy"):  # undefined (no tokens, no answer stated): null, not absent
         metrics.setdefault(name, None)
     low, high = wilson_interval(sum(per_question), len(groups))

@@ -7,6 +7,7 @@ whose scores are sent to the others (each rank prepares the whole dataset; the s
 from __future__ import annotations
 
 from cft_rl.sft.selection import SelectionError
+from cft_rl.stats import token_entropy
 
 
 def shared_entropies(scoring_model, encoded: list[dict], batch_size: int, device=None) -> list:
@@ -63,8 +64,6 @@ def score_entropies(model, encoded: list[dict], batch_size: int, device=None) ->
 
 def _score(model, encoded, batch_size, device) -> list[list[float]]:
     import torch
-
-    from cft_rl.eval.sampling import token_entropy
 
     was_training = model.training
     model.eval()
