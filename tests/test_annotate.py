@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from cft_rl.annotate.job import AnnotateConfig, read_shard, run_annotation, shard_path, token_class
+from cft_rl.annotate.job import AnnotateConfig, read_shard, run_annotation, shard_path
 from cft_rl.cli import main
 
 FAST = {"engine": "reference", "num_alternatives": 2, "max_continuation_tokens": 5, "source": "dataset"}
@@ -53,33 +53,6 @@ def one_shard(toy_dir, good_rows, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
     dataset = run_annotation(_config(toy_dir, good_rows, out, num_shards=1, shard_index=0))
     return datasets.load_from_disk(str(dataset)), json.loads((out / "summary.json").read_text())
-
-
-@pytest.mark.parametrize(
-    "token, cls",
-    [
-        ("7", "digit"),
-        (" 42", "digit"),
-        ("+", "operator"),
-        (" =", "operator"),
-        (" ×", "operator"),
-        ("x", "operator"),
-        (")", "operator"),
-        ("\\boxed", "format"),
-        ("{", "format"),
-        ("}.", "format"),
-        ("$", "format"),
-        ("\n", "format"),
-        ("  ", "format"),
-        ("<|im_end|>", "format"),
-        ("</s>", "format"),
-        (" apples", "word"),
-        (".", "word"),
-        ("²", "word"),  # isdigit() is true for it, but it is not a plain digit
-    ],
-)
-def test_token_class(token, cls):
-    assert token_class(token) == cls
 
 
 def test_one_shard_output_rows(one_shard):

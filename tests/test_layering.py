@@ -46,10 +46,6 @@ KNOWN_EDGES: dict[tuple[str, str], str] = {
     ("cft_rl.annotate.judge", "cft_rl.eval.sampling"): _GENERATORS,
     ("cft_rl.grpo.probe", "cft_rl.eval.sampling"): _GENERATORS + " (the probe samples with generate)",
     (
-        "cft_rl.grpo.metrics",
-        "cft_rl.annotate.job",
-    ): "token classes live in the annotation job; move to token_classes.py",
-    (
         "cft_rl.sft.selection",
         "cft_rl.annotate.rule",
     ): "encode_example (the tokenisation contract) moves to data/",

@@ -9,7 +9,6 @@ from trl.trainer.utils import nanstd
 from cft_rl.eval.sampling import Sample
 from cft_rl.grpo.metrics import (
     MonitorConfig,
-    entropy_class,
     entropy_metrics,
     frac_zero_std,
     group_metrics,
@@ -17,6 +16,7 @@ from cft_rl.grpo.metrics import (
     normalize_answer,
     probe_metrics,
 )
+from cft_rl.token_classes import entropy_class
 
 # --- frac_zero_std and TRL's float32 reading of it -------------------------------------------------
 

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from cft_rl.annotate.rows import RowProgress, record_features
 from cft_rl.outputs import write_atomic, write_json
+from cft_rl.token_classes import token_class
 
 logger = logging.getLogger(__name__)
 
@@ -136,29 +136,6 @@ class AnnotateConfig:
         if missing:
             raise ValueError(f"missing required setting(s) {missing} (--model, --dataset, --out)")
         return cls(**values)
-
-
-# --- token classes ---------------------------------------------------------------------------------
-
-_OPERATOR_TEXTS = {"x", "×", "÷", "·", "≤", "≥", "≠", "±"}
-_OPERATOR_CHARS = set("+-*/=^()<>%!")
-_FORMAT_MARKERS = ("\\", "{", "}", "$")
-_SPECIAL_RE = re.compile(r"<\|?/?[\w\-]+\|?>")  # <|im_end|>, </s>, <eos>: the decoded special tokens
-
-
-def token_class(token: str) -> str:
-    """``"digit"``, ``"operator"``, ``"format"`` or ``"word"``: which kind of text a token is.
-
-    Used to report *where* criticality sits (the paper finds it in numbers and operators).
-    """
-    text = token.strip()
-    if not text or _SPECIAL_RE.fullmatch(text) or any(m in text for m in _FORMAT_MARKERS):
-        return "format"
-    if text.isascii() and text.isdigit():
-        return "digit"
-    if text in _OPERATOR_TEXTS or all(c in _OPERATOR_CHARS for c in text):
-        return "operator"
-    return "word"
 
 
 # --- shard files -----------------------------------------------------------------------------------
@@ -336,7 +313,7 @@ def describe(summary: dict) -> str:
 
 
 def summarize(rows: list[dict], records: list[dict], unreadable: int = 0) -> dict:
-    """Row counts, skip reasons, and the critical fraction overall and by :func:`token_class`."""
+    """Row counts, skip reasons, and the critical fraction overall and by :func:`cft_rl.token_classes.token_class`."""
     skipped = Counter(r["skipped"] for r in records if "skipped" in r) + Counter(unreadable=unreadable)
     tokens, critical = Counter(), Counter()
     for row in rows:

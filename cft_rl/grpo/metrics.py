@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cft_rl.annotate.job import token_class
 from cft_rl.answers import extract_answer
 from cft_rl.stats import (
     answer_entropy,
@@ -35,15 +34,11 @@ from cft_rl.stats import (
     sampled_metrics,
     self_bleu,
 )
+from cft_rl.token_classes import ENTROPY_CLASS_OF, ENTROPY_CLASSES
 from cft_rl.verify.verifier import normalize_answer
 
 if TYPE_CHECKING:
     from cft_rl.eval.sampling import Sample
-
-# Token classes for entropy: the CFT paper finds critical tokens in numbers and operators, so those are
-# pooled as "numeric". Classes may be given as these names or as their index (cheap to gather as ints).
-ENTROPY_CLASSES = ("numeric", "word", "format")
-_CLASS_OF = {"digit": "numeric", "operator": "numeric", "word": "word", "format": "format"}
 
 
 @dataclass
@@ -249,14 +244,6 @@ def length_stats(
 # --- token entropy ---------------------------------------------------------------------------------
 
 
-def entropy_class(token: str) -> str:
-    """``"numeric"`` (digits, operators), ``"word"`` or ``"format"`` (LaTeX, special tokens, blanks).
-
-    The decoded text of one token, as :func:`cft_rl.annotate.job.token_class` reads it.
-    """
-    return _CLASS_OF[token_class(token)]
-
-
 def entropy_metrics(
     entropies: Sequence[float],
     classes: Sequence[str | int] | None = None,
@@ -264,7 +251,7 @@ def entropy_metrics(
 ) -> dict[str, float]:
     """``entropy/*`` metrics of the flat, gathered per-token entropies (nats) of completion tokens.
 
-    ``classes``: each token's :data:`ENTROPY_CLASSES` name or index, or its :func:`token_class` name
+    ``classes``: each token's :data:`ENTROPY_CLASSES` name or index, or its :func:`cft_rl.token_classes.token_class` name
     (padding already removed). Gather before calling: a percentile of per-rank percentiles is not the
     percentile of the batch. Non-finite entropies are dropped.
     """
@@ -279,7 +266,7 @@ def entropy_metrics(
     metrics["entropy/forking_frac"] = float(np.mean(values[keep] > config.forking_threshold))
     if classes is not None:
         names = np.asarray(
-            [ENTROPY_CLASSES[c] if isinstance(c, int) else _CLASS_OF.get(c, c) for c in classes]
+            [ENTROPY_CLASSES[c] if isinstance(c, int) else ENTROPY_CLASS_OF.get(c, c) for c in classes]
         )
         unknown = sorted(set(names.tolist()) - set(ENTROPY_CLASSES))
         if unknown:
