@@ -45,10 +45,6 @@ KNOWN_EDGES: dict[tuple[str, str], str] = {
     ): "end_processes (a launched run's teardown) sits in the SFT trainer",
     ("cft_rl.annotate.judge", "cft_rl.eval.sampling"): _GENERATORS,
     ("cft_rl.grpo.probe", "cft_rl.eval.sampling"): _GENERATORS + " (the probe samples with generate)",
-    (
-        "cft_rl.sft.selection",
-        "cft_rl.annotate.rule",
-    ): "encode_example (the tokenisation contract) moves to data/",
     ("cft_rl.pipeline.run", "cft_rl.cli"): "the pipeline runs SFT and GRPO through the CLI's main",
 }
 # Each known cycle, as its set of modules (see the "Three import cycles").

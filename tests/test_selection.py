@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cft_rl.annotate.rule import encode_example
+from cft_rl.data.prompts import encode_example
 from cft_rl.sft.selection import (
     STRATEGIES,
     RowSelection,

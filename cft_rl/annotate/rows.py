@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cft_rl.data.prompts import encode_example
+
 if TYPE_CHECKING:
     from cft_rl.annotate.job import AnnotateConfig
     from cft_rl.annotate.judge import Judge
@@ -40,8 +42,6 @@ def _solution(config: AnnotateConfig, judge: Judge, row: dict) -> tuple[str | No
 
 def prepare_row(config: AnnotateConfig, judge: Judge, row: dict, index: int) -> dict:
     """``{"skipped": reason}`` (the row's output record), or ``{"solution": text}`` to annotate."""
-    from cft_rl.annotate.rule import encode_example
-
     solution, reason = _solution(config, judge, row)
     if reason is None:
         try:

@@ -3,7 +3,7 @@
 For each benchmark the job generates greedily (accuracy, with a 95% Wilson interval) and, with
 ``num_samples`` > 0, n samples per question at ``temperature`` (pass@k by the unbiased estimator, maj@k,
 distinct answers and answer entropy per question, mean token entropy). Prompts are the training
-template (:func:`cft_rl.data.datasets.build_prompt`) and grading is the training verifier
+template (:func:`cft_rl.data.prompts.build_prompt`) and grading is the training verifier
 (:func:`cft_rl.verify.verifier.check_batch`), so an evaluation number means what the reward meant.
 
 Outputs in ``out``: ``<benchmark>.parquet`` (one row per completion: prompt, completion, extracted

@@ -1,6 +1,6 @@
 """Sampling from a model and scoring what it wrote: accuracy, pass@k, diversity and entropy.
 
-The same prompt template (:func:`cft_rl.data.datasets.build_prompt`, rendered by the tokenizer's chat template)
+The same prompt template (:func:`cft_rl.data.prompts.build_prompt`, rendered by the tokenizer's chat template)
 and the same verifier (:mod:`cft_rl.verify.verifier`) as training, so an evaluation number means what the
 reward meant.
 

@@ -2,7 +2,7 @@
 
 Every mask-type strategy is defined over **character spans of the completion text** and mapped to
 tokens through the tokenizer's offset mapping (``offsets[t] = (char_start, char_end)`` of completion
-token ``t``, as :func:`cft_rl.annotate.rule.encode_example` returns them). An annotation made with one
+token ``t``, as :func:`cft_rl.data.prompts.encode_example` returns them). An annotation made with one
 tokenizer therefore transfers to any other. A token is selected when its characters overlap a
 selected span; tokens that cover no text (the final eos) are never selected by a span.
 
@@ -40,8 +40,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cft_rl.annotate.rule import encode_example
 from cft_rl.answers import last_boxed_span
+from cft_rl.data.prompts import encode_example
 
 STRATEGIES = ("full", "critical", "numeric", "answer", "random", "entropy")
 # Strategies whose token count follows the critical annotation unless a fraction is given.
@@ -279,7 +279,7 @@ def prepare_dataset(dataset, tokenizer, args, scoring_model=None, device=None):
 
     ``args`` is a :class:`cft_rl.sft.trainer.SelectiveSFTConfig` (its selection fields, ``max_length`` and
     ``truncation_mode``). Rows are tokenised as the annotator tokenised them
-    (:func:`cft_rl.annotate.rule.encode_example`), so an annotated position is a trained position.
+    (:func:`cft_rl.data.prompts.encode_example`), so an annotated position is a trained position.
 
     ``scoring_model`` (the base model, or a function that loads it) is needed for ``entropy`` only:
     it scores on ``device`` (default: where the model is), on the main process only, and the scores

@@ -4,7 +4,7 @@ The warm-start stage. Each strategy of :mod:`cft_rl.sft.selection` picks the com
 the SFT loss; everything else is TRL's ``SFTTrainer``, hooked at its narrowest points:
 
 - **data**: rows are tokenised exactly as the annotator tokenised them
-  (:func:`cft_rl.annotate.rule.encode_example`: chat-rendered prompt, then ``solution + eos``), so an
+  (:func:`cft_rl.data.prompts.encode_example`: chat-rendered prompt, then ``solution + eos``), so an
   annotated position is a trained position. Each prepared row holds ``input_ids``, ``labels`` (the
   token id where selected, -100 elsewhere), ``completion_mask`` and ``loss_weights``. Rows that select
   no token are dropped and reported (``selection.json``, the log), never trained as zero.

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cft_rl.cpu import cpu_float_math
+from cft_rl.data.prompts import build_prompt
 from cft_rl.toy.task import ToyTaskConfig, generate_splits, sample_solutions, to_records
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,6 @@ def _pretraining_corpus(problems: list, config: ToyBuildConfig) -> list[tuple[st
     """(chat prompt, solution + end of turn) pairs, several styles per problem."""
     from jinja2 import Template
 
-    from cft_rl.data.datasets import build_prompt
     from cft_rl.toy.tokenizer import CHAT_TEMPLATE, EOS_TOKEN
 
     template = Template(CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
