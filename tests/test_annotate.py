@@ -238,7 +238,7 @@ def test_vllm_backend_loads_one_engine_for_solutions_and_branches(toy_dir, tmp_p
 
     from cft_rl.annotate.engine import VLLMBackend
     from cft_rl.annotate.judge import load_judge
-    from cft_rl.eval.sampling import VLLMGenerator
+    from cft_rl.generation import VLLMGenerator
 
     made = []
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=lambda **kw: made.append(kw) or "llm"))

@@ -2,7 +2,8 @@
 
 import pytest
 
-from cft_rl.eval.sampling import Sample, summarize
+from cft_rl.eval.scoring import summarize
+from cft_rl.generation import Sample
 
 
 def test_summarize_on_hand_made_groups():

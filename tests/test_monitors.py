@@ -6,7 +6,7 @@ import pytest
 import torch
 from trl.trainer.utils import nanstd
 
-from cft_rl.eval.sampling import Sample
+from cft_rl.generation import Sample
 from cft_rl.grpo.metrics import (
     MonitorConfig,
     entropy_metrics,

@@ -38,7 +38,7 @@ def load_model(name: str):
 
 
 def load_judge(config: AnnotateConfig) -> Judge:
-    from cft_rl.eval.sampling import HFGenerator, VLLMGenerator
+    from cft_rl.generation import HFGenerator, VLLMGenerator
 
     if config.backend == "hf":
         model, tokenizer = load_model(config.model)

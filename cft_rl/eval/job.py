@@ -147,7 +147,7 @@ def load_model(name: str, device: str | None = None):
 
 def make_backend(config: EvalConfig):
     """The generation backend the config names, with its model loaded."""
-    from cft_rl.eval.sampling import HFGenerator, VLLMGenerator
+    from cft_rl.generation import HFGenerator, VLLMGenerator
 
     if config.backend == "hf":
         model, tokenizer = load_model(config.model)
@@ -196,7 +196,8 @@ def _rows(label, dataset, prompts, mode, groups, verdicts) -> list[dict]:
 
 def evaluate_dataset(backend, label: str, dataset, config: EvalConfig) -> tuple[dict, list[dict]]:
     """Summary and per-sample rows of one benchmark (greedy and/or sampled, as configured)."""
-    from cft_rl.eval.sampling import render_prompts, score_groups
+    from cft_rl.eval.scoring import score_groups
+    from cft_rl.generation import render_prompts
 
     prompts = render_prompts(backend.tokenizer, dataset["prompt"])
     golds = dataset["answer"]

@@ -38,7 +38,7 @@ from cft_rl.token_classes import ENTROPY_CLASS_OF, ENTROPY_CLASSES
 from cft_rl.verify.verifier import normalize_answer
 
 if TYPE_CHECKING:
-    from cft_rl.eval.sampling import Sample
+    from cft_rl.generation import Sample
 
 
 @dataclass
@@ -286,7 +286,7 @@ def probe_metrics(
     config: MonitorConfig | None = None,
     answers: Sequence[Sequence[str | None]] | None = None,
 ) -> dict[str, float]:
-    """``probe/*`` metrics of n samples per fixed probe prompt (:func:`cft_rl.eval.sampling.generate`).
+    """``probe/*`` metrics of n samples per fixed probe prompt (:func:`cft_rl.generation.generate`).
 
     The metrics of :func:`cft_rl.stats.sampled_metrics`, as ``probe/*``: ``probe/entropy`` is the
     token-weighted mean entropy, as TRL's ``entropy``.
