@@ -333,15 +333,16 @@ def test_render_reads_an_all_skipped_annotation(all_skipped, tmp_path, capsys):
 
 
 def test_sft_reads_an_all_skipped_annotation_and_refuses_clearly(all_skipped, toy_dir, tmp_path):
+    from cft_rl.models import load_tokenizer
     from cft_rl.sft.selection import SelectionError, prepare_dataset
-    from cft_rl.sft.trainer import SelectiveSFTConfig, load_checkpoint_tokenizer, load_sft_dataset
+    from cft_rl.sft.trainer import SelectiveSFTConfig, load_sft_dataset
 
     out, _ = all_skipped
     train = load_sft_dataset(str(out), "train")
     assert len(train) == 0 and "critical_spans" in train.column_names
     args = SelectiveSFTConfig(output_dir=str(tmp_path), strategy="critical", use_cpu=True, bf16=False)
     with pytest.raises(SelectionError, match="selects no token in any of the 0 rows"):
-        prepare_dataset(train, load_checkpoint_tokenizer(str(toy_dir)), args)
+        prepare_dataset(train, load_tokenizer(str(toy_dir)), args)
 
 
 def _scripted_solutions(monkeypatch, texts: dict[str, str]):

@@ -27,7 +27,7 @@ Metrics, logged next to TRL's: ``selected/fraction``, ``selected/nll``, ``select
 ``completion/nll`` (the NLL of every completion token, evaluated, not trained).
 
 Checkpoints: ``output_dir`` holds the full model, or with ``use_peft`` the LoRA adapter
-(``adapter_config.json``); :func:`load_sft_checkpoint` loads either for the GRPO stage.
+(``adapter_config.json``); :func:`cft_rl.models.load_model` loads either for the GRPO stage.
 
 Not supported (each refused with an error): packing, label smoothing, ``compute_loss_func``, MoE router
 auxiliary losses, context/sequence parallelism.
@@ -247,7 +247,7 @@ class SelectiveSFTTrainer(SFTTrainer):
 
 
 def _load_tokenizer(model):
-    return load_checkpoint_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
+    return load_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
 
 
 def _scoring_model(name: str, args: SelectiveSFTConfig):
@@ -321,11 +321,6 @@ def _finish(args: SelectiveSFTConfig, trainers: dict) -> SFTResult:
     # Last: output_dir/trainer_state.json marks the run finished (cft_rl.resume), and holds its log.
     list(trainers.values())[-1].save_state()
     return result
-
-
-# The one loader of every job (cft_rl.models), under the names this module has always exported.
-load_checkpoint_tokenizer = load_tokenizer
-load_sft_checkpoint = load_model
 
 
 # --- command line ----------------------------------------------------------------------------------
