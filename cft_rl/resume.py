@@ -9,12 +9,15 @@
 - ``resume_from_checkpoint`` given explicitly (the pipeline passes it) is used as it is;
 - ``--overwrite_output_dir`` trains from step 0; the old checkpoints and final state are removed
   first, since a later resume would otherwise pick a stale checkpoint of the old run.
+
+And how such a run ends under a launcher: :func:`end_processes`.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +113,7 @@ def clear_run(output_dir: str | Path) -> None:
 def prepare_output_dir(args, overwrite: bool) -> bool:
     """Apply :func:`plan_run` to a trainer config ``args``: print what happens (main process), set
     ``args.resume_from_checkpoint``, clear the folder for an overwrite; returns False to skip the run."""
-    from accelerate import PartialState
+    from accelerate import PartialState  # pulls in torch: plan_run and the arguments stay light
 
     state = PartialState()
     plan = plan_run(args.output_dir, args.resume_from_checkpoint, overwrite)
@@ -125,3 +128,22 @@ def prepare_output_dir(args, overwrite: bool) -> bool:
     state.wait_for_everyone()
     args.resume_from_checkpoint = plan.resume
     return True
+
+
+def end_processes() -> None:
+    """Tear down the process group at the end of a clean run under a launcher (no-op in one process).
+
+    Left to interpreter shutdown, gloo's worker threads may still be releasing a finished collective's
+    tensors, which needs the GIL, and the process aborts (pytorch/pytorch#190489); destroyed in that
+    same window, the group deadlocks on the GIL (seen: the runloop thread waiting for it in
+    ~AsyncAllgatherWork while the main thread joins it). So: a barrier, after which every collective
+    is done, a pause that lets gloo's threads take the GIL to release them, then the teardown. Only
+    after a clean run: a rank that failed must not wait on the others.
+    """
+    from accelerate import PartialState  # pulls in torch: plan_run and the arguments stay light
+
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        time.sleep(0.2)
+    state.destroy_process_group()

@@ -17,7 +17,7 @@ import torch
 from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.generation import render_prompts
 from cft_rl.grpo.run import GRPORunConfig, build_trainer
-from cft_rl.sft.trainer import end_processes
+from cft_rl.resume import end_processes
 from cft_rl.toy.build import load_toy
 
 

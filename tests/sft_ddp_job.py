@@ -19,8 +19,9 @@ import torch
 from accelerate import PartialState
 
 from cft_rl.cpu import QUIET_CPU_RUN
+from cft_rl.resume import end_processes
 from cft_rl.sft.selection import prepare_dataset
-from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer, end_processes
+from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer
 from cft_rl.toy.build import load_toy
 
 

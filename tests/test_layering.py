@@ -38,10 +38,6 @@ MIN_STAGE_PACKAGES = 5
 
 # (importer, imported): why it is there, and where the later phase of issue 16 moves the concept.
 KNOWN_EDGES: dict[tuple[str, str], str] = {
-    (
-        "cft_rl.grpo.run",
-        "cft_rl.sft.trainer",
-    ): "end_processes (a launched run's teardown) sits in the SFT trainer",
     ("cft_rl.pipeline.run", "cft_rl.cli"): "the pipeline runs SFT and GRPO through the CLI's main",
 }
 # Each known cycle, as its set of modules (see the issue's "Three import cycles").

@@ -29,8 +29,7 @@ from cft_rl.cpu import cpu_float_math
 from cft_rl.grpo.metrics import MonitorConfig
 from cft_rl.grpo.trainer import MonitoredGRPOTrainer, Probe, build_reward_funcs, tolerant_reward
 from cft_rl.models import load_model, load_tokenizer, model_init_kwargs, resolve_model
-from cft_rl.resume import OutputDirArguments, prepare_output_dir
-from cft_rl.sft.trainer import end_processes
+from cft_rl.resume import OutputDirArguments, end_processes, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 

@@ -38,17 +38,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import pad
 
-from cft_rl.models import load_model, load_tokenizer
+from cft_rl.models import load_model, load_tokenizer, model_init_kwargs
+from cft_rl.resume import OutputDirArguments, end_processes, prepare_output_dir
 from cft_rl.sft.loss import selection_metrics, selection_sums, selective_loss
 from cft_rl.sft.selection import (
     STRATEGIES,
@@ -358,9 +357,6 @@ def main(argv: list[str] | None = None) -> int:
     A rerun into an ``output_dir`` that holds a run resumes or skips it (:mod:`cft_rl.resume`)."""
     from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-    from cft_rl.models import model_init_kwargs
-    from cft_rl.resume import OutputDirArguments, prepare_output_dir
-
     parser = TrlParser((ScriptArguments, SelectiveSFTConfig, ModelConfig, OutputDirArguments))
     script, args, model_args, run_args = parser.parse_args_and_config(argv)
     if not model_args.model_name_or_path or not script.dataset_name:
@@ -385,20 +381,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stage}: {json.dumps(summary.get('train', {}))}")
     end_processes()
     return 0
-
-
-def end_processes() -> None:
-    """Tear down the process group at the end of a clean run under a launcher (no-op in one process).
-
-    Left to interpreter shutdown, gloo's worker threads may still be releasing a finished collective's
-    tensors, which needs the GIL, and the process aborts (pytorch/pytorch#190489); destroyed in that
-    same window, the group deadlocks on the GIL (seen: the runloop thread waiting for it in
-    ~AsyncAllgatherWork while the main thread joins it). So: a barrier, after which every collective
-    is done, a pause that lets gloo's threads take the GIL to release them, then the teardown. Only
-    after a clean run: a rank that failed must not wait on the others.
-    """
-    state = PartialState()
-    if state.num_processes > 1:
-        state.wait_for_everyone()
-        time.sleep(0.2)
-    state.destroy_process_group()
