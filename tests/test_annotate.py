@@ -334,7 +334,8 @@ def test_render_reads_an_all_skipped_annotation(all_skipped, tmp_path, capsys):
 
 def test_sft_reads_an_all_skipped_annotation_and_refuses_clearly(all_skipped, toy_dir, tmp_path):
     from cft_rl.models import load_tokenizer
-    from cft_rl.sft.selection import SelectionError, prepare_dataset
+    from cft_rl.sft import SelectionError
+    from cft_rl.sft.selection import prepare_dataset
     from cft_rl.sft.trainer import SelectiveSFTConfig, load_sft_dataset
 
     out, _ = all_skipped

@@ -44,9 +44,6 @@ KNOWN_EDGES: dict[tuple[str, str], str] = {
 KNOWN_CYCLES: dict[frozenset[str], str] = {
     frozenset({"cft_rl.compare.analysis", "cft_rl.compare.report"}): "analysis writes the report it renders",
     frozenset({"cft_rl.cli", "cft_rl.pipeline.run"}): "the pipeline runs SFT and GRPO through the CLI's main",
-    frozenset(
-        {"cft_rl.sft.entropy", "cft_rl.sft.selection"}
-    ): "selection calls the scorer, which raises SelectionError",
 }
 
 

@@ -6,11 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cft_rl.data.prompts import encode_example
+from cft_rl.sft import SelectionError
 from cft_rl.sft.selection import (
     STRATEGIES,
     RowSelection,
     SelectionCounter,
-    SelectionError,
     answer_spans,
     check_strategy,
     numeric_spans,

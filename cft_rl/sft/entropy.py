@@ -6,7 +6,7 @@ whose scores are sent to the others (each rank prepares the whole dataset; the s
 
 from __future__ import annotations
 
-from cft_rl.sft.selection import SelectionError
+from cft_rl.sft import SelectionError
 from cft_rl.stats import token_entropy
 
 

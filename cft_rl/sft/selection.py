@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 
 from cft_rl.answers import last_boxed_span
 from cft_rl.data.prompts import encode_example
+from cft_rl.sft import SelectionError
+from cft_rl.sft.entropy import shared_entropies
 
 STRATEGIES = ("full", "critical", "numeric", "answer", "random", "entropy")
 # Strategies whose token count follows the critical annotation unless a fraction is given.
@@ -52,10 +54,6 @@ _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 Span = tuple[int, int]
 
 logger = logging.getLogger(__name__)
-
-
-class SelectionError(ValueError):
-    """Bad selection input; the message names the row or setting and says how to fix it."""
 
 
 def check_strategy(name: str, valid: Sequence[str] = STRATEGIES) -> str:
@@ -300,8 +298,6 @@ def prepare_dataset(dataset, tokenizer, args, scoring_model=None, device=None):
     summary = {}
     if strategy == "entropy":
         start = time.perf_counter()
-        from cft_rl.sft.entropy import shared_entropies
-
         scores = shared_entropies(scoring_model, encoded, args.entropy_batch_size, device)
         for row, entropies in zip(encoded, scores, strict=True):
             row["selection"].entropies = entropies

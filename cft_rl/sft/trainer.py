@@ -48,10 +48,10 @@ from trl.trainer.utils import pad
 
 from cft_rl.models import load_model, load_tokenizer, model_init_kwargs
 from cft_rl.resume import OutputDirArguments, end_processes, prepare_output_dir
+from cft_rl.sft import SelectionError
 from cft_rl.sft.loss import selection_metrics, selection_sums, selective_loss
 from cft_rl.sft.selection import (
     STRATEGIES,
-    SelectionError,
     check_strategy,
     prepare_dataset,
     truncate_prepared,
