@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     # These modules define their arguments and run functions; their heavy imports happen inside.
-    from cft_rl.compare import analysis as compare
+    from cft_rl.compare import run as compare
     from cft_rl.eval import job as eval_job
     from cft_rl.pipeline import run as pipeline
 

@@ -42,7 +42,6 @@ KNOWN_EDGES: dict[tuple[str, str], str] = {
 }
 # Each known cycle, as its set of modules (see the "Three import cycles").
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"cft_rl.compare.analysis", "cft_rl.compare.report"}): "analysis writes the report it renders",
     frozenset({"cft_rl.cli", "cft_rl.pipeline.run"}): "the pipeline runs SFT and GRPO through the CLI's main",
 }
 
