@@ -214,7 +214,7 @@ def _check_settings(path: Path, config: AnnotateConfig, has_work: bool) -> None:
 
 def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
     """The dataset rows, and how many rows the loader could not read (skipped, never fatal)."""
-    from cft_rl.data.datasets import load_math_dataset
+    from cft_rl.data.datasets import load_math_dataset  # the datasets library: not for `cft-rl --help`
 
     skipped: Counter = Counter()
     # errors="skip": a bad row is counted, never fatal
@@ -229,11 +229,12 @@ def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
 
 def run_shard(config: AnnotateConfig) -> Path:
     """Annotate this worker's rows, resuming from its shard file; returns that file."""
-    import torch
+    # torch and the models: not for `cft-rl --help` or a recipe check, which import this module.
+    import torch  # (as above)
 
-    from cft_rl.annotate.judge import load_judge
-    from cft_rl.annotate.rows import annotate_rows
-    from cft_rl.cpu import cpu_float_math
+    from cft_rl.annotate.judge import load_judge  # (as above)
+    from cft_rl.annotate.rows import annotate_rows  # (as above)
+    from cft_rl.cpu import cpu_float_math  # (as above)
 
     path = shard_path(config.out, config.shard_index, config.num_shards)
     records, done = read_shard(path, repair=True)
@@ -276,7 +277,7 @@ def shards_complete(out: str | Path) -> bool:
 def merge(out_dir: str | Path) -> Path:
     """Merge all shards into ``out_dir/dataset`` and ``summary.json``, rows in dataset order (so the
     result does not depend on the number of shards)."""
-    import datasets
+    import datasets  # heavy: not for `cft-rl --help`
 
     out = Path(out_dir)
     paths, n = _shard_files(out)

@@ -40,6 +40,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import datasets
+
 from cft_rl.answers import last_boxed_span
 from cft_rl.data.prompts import encode_example
 from cft_rl.sft import SelectionError
@@ -285,8 +287,6 @@ def prepare_dataset(dataset, tokenizer, args, scoring_model=None, device=None):
     are truncated per ``args.truncation_mode``; rows left with no selected token are dropped and
     listed in the summary.
     """
-    import datasets
-
     strategy = check_strategy(args.strategy)  # a schedule must be split into stages by the caller
     columns = dataset.column_names
     for needed in ("prompt", args.solution_field):

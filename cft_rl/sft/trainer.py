@@ -41,6 +41,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -331,8 +332,6 @@ def load_sft_dataset(name: str, split: str):
     The columns are kept as they are: unlike :func:`cft_rl.data.datasets.load_math_dataset`, the annotation
     columns (``critical_spans``) must survive.
     """
-    import datasets
-
     path = Path(name).expanduser()
     if (path / "dataset").is_dir() and (path / "summary.json").is_file():
         path = path / "dataset"  # the folder `cft-rl annotate --out` wrote
