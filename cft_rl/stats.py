@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # --- k values --------------------------------------------------------------------------------------
 
@@ -126,6 +128,8 @@ def sampled_metrics(
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) over the last dimension."""
+    import torch  # heavy: EvalConfig and `cft-rl --help` read this module
+
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 

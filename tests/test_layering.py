@@ -267,3 +267,14 @@ def test_graph_reader_on_a_made_up_package(tmp_path):
     assert cycles(graph) == [["cft_rl.cli", "cft_rl.sft.trainer", "cft_rl.sft.loss", "cft_rl.cli"]]
     assert build_graph(pkg, packages=False)["cft_rl.cli"] == {"cft_rl.sft.trainer"}
     assert layer_violations(graph) == {("cft_rl.sft.loss", "cft_rl.cli")}
+
+
+def test_the_cli_parser_imports_no_heavy_dependency():
+    """``cft-rl --help`` stays fast: the function-level imports kept for it must keep these out."""
+    heavy = ("torch", "transformers", "datasets", "matplotlib", "trl")
+    code = (
+        "import sys; from cft_rl.cli import build_parser; build_parser(); "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
