@@ -390,7 +390,6 @@ def test_each_self_solution_is_skipped_for_its_own_reason(toy_dir, tmp_path, mon
 def test_skips_are_on_disk_as_they_are_decided(toy_dir, tmp_path, monkeypatch):
     # Rows 0 and 1 are skipped, row 2 goes to the engine, which dies (a kill mid-decode) before it
     # finishes any row: the two skips must already be on disk, and the rerun must not decide them again.
-    import cft_rl.annotate.engine as fast
     import cft_rl.annotate.rows as annotate_rows
 
     q = "Ann has 2 apples and buys 3 more. How many apples does Ann have now?"
@@ -408,8 +407,8 @@ def test_skips_are_on_disk_as_they_are_decided(toy_dir, tmp_path, monkeypatch):
         raise RuntimeError("killed")
         yield  # a generator, as the real engine
 
-    real_engine = fast.annotate_many
-    monkeypatch.setattr(fast, "annotate_many", dies_mid_decode)
+    real_engine = annotate_rows.annotate_many  # the engine, as the rows module calls it
+    monkeypatch.setattr(annotate_rows, "annotate_many", dies_mid_decode)
     with pytest.raises(RuntimeError, match="killed"):
         run_annotation(config)
     records, done = read_shard(shard_path(out, 0, 1))
@@ -418,7 +417,7 @@ def test_skips_are_on_disk_as_they_are_decided(toy_dir, tmp_path, monkeypatch):
         "no-solution": "no_solution",
     }
 
-    monkeypatch.setattr(fast, "annotate_many", real_engine)
+    monkeypatch.setattr(annotate_rows, "annotate_many", real_engine)
     prepared = []
     real_prepare = annotate_rows.prepare_row
     monkeypatch.setattr(
