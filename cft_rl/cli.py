@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "evaluate a checkpoint on math benchmarks (accuracy, pass@k, maj@k, diversity, entropy)",
     ),
     "compare": (
-        "cft_rl.compare.analysis:main",
+        "cft_rl.compare.run:main",
         "compare training runs' curves by label (figures, HTML, markdown)",
     ),
     "pipeline": (

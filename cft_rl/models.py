@@ -131,7 +131,7 @@ def model_init_kwargs(args, model_args) -> dict:
 
 
 def _from_pretrained_kwargs(model_kwargs: dict) -> dict:
-    import torch
+    import torch  # heavy: resolving a name or loading a tokenizer needs no torch
 
     kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
     dtype = kwargs.get("dtype")

@@ -7,6 +7,7 @@ figures, and every section records the command that produced it.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import time
@@ -18,8 +19,6 @@ _HEADER = "# Benchmarks\n\nFigures written by `scripts/bench_*.py`; each section
 
 def machine_line() -> str:
     """Where a figure was measured: these machines are noisy, so always say which one."""
-    import os
-
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
 
 

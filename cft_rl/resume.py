@@ -10,7 +10,7 @@
 - ``--overwrite_output_dir`` trains from step 0; the old checkpoints and final state are removed
   first, since a later resume would otherwise pick a stale checkpoint of the old run.
 
-And how such a job ends under a launcher: :func:`end_processes`.
+And how such a run ends under a launcher: :func:`end_processes`.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def clear_run(output_dir: str | Path) -> None:
 def prepare_output_dir(args, overwrite: bool) -> bool:
     """Apply :func:`plan_run` to a trainer config ``args``: print what happens (main process), set
     ``args.resume_from_checkpoint``, clear the folder for an overwrite; returns False to skip the run."""
-    from accelerate import PartialState
+    from accelerate import PartialState  # pulls in torch: plan_run and the arguments stay light
 
     state = PartialState()
     plan = plan_run(args.output_dir, args.resume_from_checkpoint, overwrite)
@@ -140,7 +140,7 @@ def end_processes() -> None:
     is done, a pause that lets gloo's threads take the GIL to release them, then the teardown. Only
     after a clean run: a rank that failed must not wait on the others.
     """
-    from accelerate import PartialState
+    from accelerate import PartialState  # pulls in torch: plan_run and the arguments stay light
 
     state = PartialState()
     if state.num_processes > 1:

@@ -22,7 +22,7 @@ import torch
 from cft_rl.annotate.engine import annotate_many
 from cft_rl.annotate.rule import annotate_reference
 from cft_rl.cpu import cpu_float_math
-from cft_rl.eval.sampling import generate
+from cft_rl.generation import generate
 from cft_rl.reports import markdown_table, write_section
 from cft_rl.toy.build import load_toy
 from cft_rl.verify.verifier import check

@@ -2,7 +2,7 @@
 
 Writes the `eval` section of docs/benchmarks.md: completions per second for greedy decoding of the
 same test questions with ``batch_size`` prompts per call and with one, both through the evaluation
-backend (:class:`cft_rl.eval.sampling.HFGenerator`), plus the verifier's share and whether the two
+backend (:class:`cft_rl.generation.HFGenerator`), plus the verifier's share and whether the two
 settings wrote the same completions (left padding may flip a near-tie argmax in the last bits).
 
     python scripts/bench_eval.py [--toy DIR] [--problems N] [--batch-size B] [--no-write]
@@ -15,7 +15,8 @@ import sys
 import time
 
 from cft_rl.cpu import cpu_float_math
-from cft_rl.eval.sampling import HFGenerator, score_groups
+from cft_rl.eval.scoring import score_groups
+from cft_rl.generation import HFGenerator
 from cft_rl.reports import markdown_table, write_section
 from cft_rl.toy.build import load_toy
 

@@ -38,7 +38,8 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], help="ToyBuildConfig overrides, key=json")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
-    from cft_rl.eval.sampling import generate, summarize
+    from cft_rl.eval.scoring import summarize
+    from cft_rl.generation import generate
 
     config = ToyBuildConfig(**parse_overrides(args.set))
     out = args.out or tempfile.mkdtemp(prefix="toy-bench-")

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from cft_rl.cpu import QUIET_CPU_RUN
-from cft_rl.eval.sampling import render_prompts
+from cft_rl.generation import render_prompts
 from cft_rl.grpo.run import GRPORunConfig, build_trainer
 from cft_rl.resume import end_processes
 from cft_rl.toy.build import load_toy

@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from cft_rl.annotate.job import AnnotateConfig, read_shard, run_annotation, shard_path, token_class
+from cft_rl.annotate.job import AnnotateConfig, read_shard, run_annotation, shard_path
 from cft_rl.cli import main
 
 FAST = {"engine": "reference", "num_alternatives": 2, "max_continuation_tokens": 5, "source": "dataset"}
@@ -53,33 +53,6 @@ def one_shard(toy_dir, good_rows, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
     dataset = run_annotation(_config(toy_dir, good_rows, out, num_shards=1, shard_index=0))
     return datasets.load_from_disk(str(dataset)), json.loads((out / "summary.json").read_text())
-
-
-@pytest.mark.parametrize(
-    "token, cls",
-    [
-        ("7", "digit"),
-        (" 42", "digit"),
-        ("+", "operator"),
-        (" =", "operator"),
-        (" ×", "operator"),
-        ("x", "operator"),
-        (")", "operator"),
-        ("\\boxed", "format"),
-        ("{", "format"),
-        ("}.", "format"),
-        ("$", "format"),
-        ("\n", "format"),
-        ("  ", "format"),
-        ("<|im_end|>", "format"),
-        ("</s>", "format"),
-        (" apples", "word"),
-        (".", "word"),
-        ("²", "word"),  # isdigit() is true for it, but it is not a plain digit
-    ],
-)
-def test_token_class(token, cls):
-    assert token_class(token) == cls
 
 
 def test_one_shard_output_rows(one_shard):
@@ -265,7 +238,7 @@ def test_vllm_backend_loads_one_engine_for_solutions_and_branches(toy_dir, tmp_p
 
     from cft_rl.annotate.engine import VLLMBackend
     from cft_rl.annotate.judge import load_judge
-    from cft_rl.eval.sampling import VLLMGenerator
+    from cft_rl.generation import VLLMGenerator
 
     made = []
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=lambda **kw: made.append(kw) or "llm"))
@@ -360,17 +333,18 @@ def test_render_reads_an_all_skipped_annotation(all_skipped, tmp_path, capsys):
 
 
 def test_sft_reads_an_all_skipped_annotation_and_refuses_clearly(all_skipped, toy_dir, tmp_path):
+    from cft_rl.models import load_tokenizer
+    from cft_rl.sft import SelectionError
     from cft_rl.sft.prepare import prepare_dataset
     from cft_rl.sft.run import load_sft_dataset
-    from cft_rl.sft.selection import SelectionError
-    from cft_rl.sft.trainer import SelectiveSFTConfig, load_checkpoint_tokenizer
+    from cft_rl.sft.trainer import SelectiveSFTConfig
 
     out, _ = all_skipped
     train = load_sft_dataset(str(out), "train")
     assert len(train) == 0 and "critical_spans" in train.column_names
     args = SelectiveSFTConfig(output_dir=str(tmp_path), strategy="critical", use_cpu=True, bf16=False)
     with pytest.raises(SelectionError, match="selects no token in any of the 0 rows"):
-        prepare_dataset(train, load_checkpoint_tokenizer(str(toy_dir)), args)
+        prepare_dataset(train, load_tokenizer(str(toy_dir)), args)
 
 
 def _scripted_solutions(monkeypatch, texts: dict[str, str]):
@@ -417,7 +391,6 @@ def test_each_self_solution_is_skipped_for_its_own_reason(toy_dir, tmp_path, mon
 def test_skips_are_on_disk_as_they_are_decided(toy_dir, tmp_path, monkeypatch):
     # Rows 0 and 1 are skipped, row 2 goes to the engine, which dies (a kill mid-decode) before it
     # finishes any row: the two skips must already be on disk, and the rerun must not decide them again.
-    import cft_rl.annotate.engine as fast
     import cft_rl.annotate.rows as annotate_rows
 
     q = "Ann has 2 apples and buys 3 more. How many apples does Ann have now?"
@@ -435,8 +408,8 @@ def test_skips_are_on_disk_as_they_are_decided(toy_dir, tmp_path, monkeypatch):
         raise RuntimeError("killed")
         yield  # a generator, as the real engine
 
-    real_engine = fast.annotate_many
-    monkeypatch.setattr(fast, "annotate_many", dies_mid_decode)
+    real_engine = annotate_rows.annotate_many  # the engine, as the rows module calls it
+    monkeypatch.setattr(annotate_rows, "annotate_many", dies_mid_decode)
     with pytest.raises(RuntimeError, match="killed"):
         run_annotation(config)
     records, done = read_shard(shard_path(out, 0, 1))
@@ -445,7 +418,7 @@ def test_skips_are_on_disk_as_they_are_decided(toy_dir, tmp_path, monkeypatch):
         "no-solution": "no_solution",
     }
 
-    monkeypatch.setattr(fast, "annotate_many", real_engine)
+    monkeypatch.setattr(annotate_rows, "annotate_many", real_engine)
     prepared = []
     real_prepare = annotate_rows.prepare_row
     monkeypatch.setattr(

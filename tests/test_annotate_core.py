@@ -9,9 +9,9 @@ from cft_rl.annotate.rule import (
     annotate_reference,
     critical_from_verdicts,
     critical_spans,
-    encode_example,
     ranked_alternatives,
 )
+from cft_rl.data.prompts import encode_example
 from cft_rl.toy.build import load_toy
 from cft_rl.verify.verifier import Verdict
 

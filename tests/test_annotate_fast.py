@@ -58,7 +58,8 @@ def test_many_solutions_decoded_together_equal_each_alone(toy):
 def test_backend_continues_like_generate(toy):
     """Branches of two sequences in one pool, more branches than rows (rows are refilled), mixed
     budgets, an eos token (nothing to continue) and a zero budget: each tail is ``generate``'s."""
-    from cft_rl.annotate.rule import encode_example, greedy_completion
+    from cft_rl.annotate.rule import greedy_completion
+    from cft_rl.data.prompts import encode_example
 
     model, tokenizer, data = toy
     backend = HFBackend(model, tokenizer, batch_size=3)

@@ -218,7 +218,7 @@ def test_html_report_loads_in_headless_chromium(runs, tmp_path):
     import os
 
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from cft_rl.compare.analysis import main
+    from cft_rl.compare.run import main
 
     out = tmp_path / "report"
     assert main([*runs, "--out", str(out)]) == 0

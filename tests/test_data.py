@@ -17,10 +17,8 @@ import pytest
 from cft_rl.data import datasets as data
 from cft_rl.data.datasets import (
     BENCHMARKS,
-    BOXED_INSTRUCTION,
     PAPER_SUITE,
     DataError,
-    build_prompt,
     clean_gsm8k_solution,
     format_number,
     last_boxed_content,
@@ -30,6 +28,7 @@ from cft_rl.data.datasets import (
     resolve_data_root,
     strip_math_delimiters,
 )
+from cft_rl.data.prompts import BOXED_INSTRUCTION, build_prompt
 
 try:
     DATA_ROOT = resolve_data_root()

@@ -16,9 +16,9 @@ import torch
 from transformers import GenerationConfig
 
 from cft_rl.annotate.engine import HFBackend, VLLMBackend, annotate_fast
-from cft_rl.annotate.rule import annotate_reference, encode_example, greedy_completion
-from cft_rl.eval.sampling import VLLMGenerator, generate, render_prompts
-from cft_rl.generation import stop_token_ids
+from cft_rl.annotate.rule import annotate_reference, greedy_completion
+from cft_rl.data.prompts import encode_example
+from cft_rl.generation import VLLMGenerator, generate, render_prompts, stop_token_ids
 from cft_rl.grpo import probe as grpo_probe
 from cft_rl.grpo.metrics import MonitorConfig
 from cft_rl.grpo.probe import Probe, ProbeCallback, dealt_batches, probe_batches

@@ -37,39 +37,9 @@ MAX_TOP_LEVEL_MODULES = 12
 MIN_STAGE_PACKAGES = 5
 
 # (importer, imported): why it is there, and where the later phase of issue 16 moves the concept.
-_LOADER = "checkpoint/tokenizer loading lives in the SFT trainer module; moves to models.py"
-_GENERATORS = "the HF/vLLM generators live beside eval's statistics; move to generation.py"
-KNOWN_EDGES: dict[tuple[str, str], str] = {
-    ("cft_rl.annotate.judge", "cft_rl.sft.trainer"): _LOADER,
-    ("cft_rl.eval.job", "cft_rl.sft.trainer"): _LOADER,
-    ("cft_rl.grpo.run", "cft_rl.sft.trainer"): _LOADER,
-    ("cft_rl.annotate.judge", "cft_rl.eval.sampling"): _GENERATORS,
-    ("cft_rl.grpo.trainer", "cft_rl.eval.sampling"): _GENERATORS + " (the probe samples with generate)",
-    (
-        "cft_rl.grpo.metrics",
-        "cft_rl.eval.sampling",
-    ): "Sample and pass_at_k sit in eval.sampling; move to stats.py",
-    (
-        "cft_rl.sft.selection",
-        "cft_rl.eval.sampling",
-    ): "token_entropy sits in eval.sampling; moves to stats.py",
-    ("cft_rl.eval.sampling", "cft_rl.grpo.metrics"): "offline eval is configured by the GRPO MonitorConfig",
-    (
-        "cft_rl.grpo.metrics",
-        "cft_rl.annotate.job",
-    ): "token classes live in the annotation job; move to token_classes.py",
-    (
-        "cft_rl.sft.selection",
-        "cft_rl.annotate.rule",
-    ): "encode_example (the tokenisation contract) moves to data/",
-}
+KNOWN_EDGES: dict[tuple[str, str], str] = {}
 # Each known cycle, as its set of modules (see the issue's "Three import cycles").
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset(
-        {"cft_rl.annotate.job", "cft_rl.annotate.judge", "cft_rl.eval.sampling", "cft_rl.grpo.metrics"}
-    ): "annotate.job -> judge -> eval.sampling -> grpo.metrics -> annotate.job (token classes, generators)",
-    frozenset({"cft_rl.compare.analysis", "cft_rl.compare.report"}): "analysis writes the report it renders",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -293,3 +263,14 @@ def test_graph_reader_on_a_made_up_package(tmp_path):
     assert cycles(graph) == [["cft_rl.cli", "cft_rl.sft.trainer", "cft_rl.sft.loss", "cft_rl.cli"]]
     assert build_graph(pkg, packages=False)["cft_rl.cli"] == {"cft_rl.sft.trainer"}
     assert layer_violations(graph) == {("cft_rl.sft.loss", "cft_rl.cli")}
+
+
+def test_the_cli_parser_imports_no_heavy_dependency():
+    """``cft-rl --help`` stays fast: the function-level imports kept for it must keep these out."""
+    heavy = ("torch", "transformers", "datasets", "matplotlib", "trl")
+    code = (
+        "import sys; from cft_rl.cli import build_parser; build_parser(); "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,29 +1,22 @@
 """GRPO monitors on hand-made groups: every expected value below is worked out by hand in a comment."""
 
 import math
-import random
-from collections import Counter
 
 import pytest
 import torch
 from trl.trainer.utils import nanstd
 
-from cft_rl.eval.sampling import Sample
+from cft_rl.generation import Sample
 from cft_rl.grpo.metrics import (
     MonitorConfig,
-    _clipped_matches,
-    _ngrams,
-    answer_entropy,
-    distinct_n,
-    entropy_class,
     entropy_metrics,
     frac_zero_std,
     group_metrics,
     length_stats,
     normalize_answer,
     probe_metrics,
-    self_bleu,
 )
+from cft_rl.token_classes import entropy_class
 
 # --- frac_zero_std and TRL's float32 reading of it -------------------------------------------------
 
@@ -115,61 +108,11 @@ def test_answers_distinct_and_entropy():
     assert m["explore/frac_no_answer"] == 1 / 8
 
 
-def test_answer_entropy_and_normalization():
-    assert answer_entropy(["1", "2", "3", "4"]) == pytest.approx(math.log(4))
-    assert answer_entropy(["7", "7", None]) == 0.0
-    assert answer_entropy([None, None]) is None
+def test_answer_normalization():
     assert normalize_answer(r" $\frac{1}{2}$ ") == r"\frac{1}{2}"
     assert normalize_answer(r"\left( 1,\, 2 \right)") == "(1,2)"
     assert normalize_answer("   ") is None
     assert normalize_answer("1/2") != normalize_answer("0.5")  # textual only, by design
-
-
-def test_distinct_n_hand_counted():
-    texts = ["a b a b", "a b c"]
-    assert distinct_n(texts, 1) == 3 / 7  # a b a b a b c: {a, b, c}
-    assert distinct_n(texts, 2) == 3 / 5  # ab ba ab | ab bc: {ab, ba, bc}
-    assert distinct_n(texts, 3) == 1.0  # aba bab | abc
-    assert distinct_n(texts, 4) == 1.0  # abab
-    assert distinct_n(texts, 5) is None
-    assert distinct_n(["", "  "], 1) is None
-
-
-def test_self_bleu_identical_and_disjoint():
-    assert self_bleu(["the cat sat on the mat"] * 3) == pytest.approx(1.0)
-    assert self_bleu(["a b c d", "e f g h"]) == 0.0
-    assert self_bleu(["only one"]) is None
-
-
-def test_self_bleu_partial_overlap():
-    # "a b c d" against "a b c e" (and back, symmetric): p1 = 3/4, p2 = (2+1)/(3+1), p3 = (1+1)/(2+1),
-    # p4 = (0+1)/(1+1); equal lengths, so no brevity penalty. BLEU = (3/4 * 3/4 * 2/3 * 1/2) ** (1/4).
-    assert self_bleu(["a b c d", "a b c e"]) == pytest.approx((3 / 16) ** 0.25)
-
-
-def test_self_bleu_clipping_and_brevity():
-    # hyp "a a a" vs ref "a b": a clipped to 1 -> p1 = 1/3; p2 = (0+1)/(2+1); p3 = (0+1)/(1+1);
-    #   no 4-gram: p4 = (0+1)/(0+1); hyp longer than ref: no penalty.      BLEU = (1/18) ** (1/4)
-    # hyp "a b" vs ref "a a a": p1 = 1/2; p2 = (0+1)/(1+1); p3 = p4 = 1; BP = exp(1 - 3/2).
-    expected = ((1 / 18) ** 0.25 + math.exp(-0.5) * (1 / 4) ** 0.25) / 2
-    assert self_bleu(["a a a", "a b"]) == pytest.approx(expected)
-
-
-def test_self_bleu_excludes_the_hypothesis_from_its_references():
-    # Unigram BLEU: "x y" finds both words in the other "x y" (BLEU 1); "z" is nowhere else (0).
-    assert self_bleu(["x y", "x y", "z"], max_n=1) == pytest.approx(2 / 3)
-
-
-def test_clipped_matches_equals_pairwise_clipping():
-    rng = random.Random(0)
-    texts = [[rng.choice("abc") for _ in range(rng.randint(0, 8))] for _ in range(6)]
-    for n in (1, 2, 3):
-        counts = [Counter(_ngrams(t, n)) for t in texts]
-        naive = [
-            sum(min(c, max(counts[j][g] for j in range(len(texts)) if j != i)) for g, c in counts[i].items())
-            for i in range(len(texts))
-        ]
-        assert _clipped_matches(counts) == naive
 
 
 def test_empty_completions():

@@ -5,12 +5,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cft_rl.annotate.rule import encode_example
+from cft_rl.data.prompts import encode_example
+from cft_rl.sft import SelectionError
 from cft_rl.sft.prepare import SelectionCounter, prepare_dataset
 from cft_rl.sft.selection import (
     STRATEGIES,
     RowSelection,
-    SelectionError,
     answer_spans,
     check_strategy,
     numeric_spans,

@@ -14,13 +14,13 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser
 
 from cft_rl.cli import main as cli_main
 from cft_rl.cpu import QUIET_CPU_RUN
+from cft_rl.models import load_model
 from cft_rl.sft.loss import SUM_KEYS, selection_metrics, selective_loss
 from cft_rl.sft.run import train_sft
 from cft_rl.sft.trainer import (
     SelectiveDataCollator,
     SelectiveSFTConfig,
     SelectiveSFTTrainer,
-    load_sft_checkpoint,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def test_full_fine_tuning_trains_and_saves_a_loadable_model(toy, tmp_path):
     model, tokenizer, data = toy
     args = SelectiveSFTConfig(**_args(tmp_path, strategy="numeric", learning_rate=1e-2))
     result = train_sft(args, copy.deepcopy(model), data["train"].select(range(8)), tokenizer=tokenizer)
-    loaded = load_sft_checkpoint(result.output_dir)
+    loaded = load_model(result.output_dir)
     ids = torch.tensor([tokenizer("1 + 2 = 3")["input_ids"]])
     assert not torch.allclose(_logits(loaded, ids), _logits(model, ids))
     summary = json.loads((result.output_dir / "selection.json").read_text())
@@ -245,7 +245,7 @@ def test_lora_trains_an_adapter_that_loads_for_grpo(toy, tmp_path, toy_dir):
     result = train_sft(args, base, data["train"].select(range(8)), tokenizer=tokenizer, peft_config=lora)
     assert (result.output_dir / "adapter_config.json").is_file()
     assert not (result.output_dir / "model.safetensors").exists()
-    merged = load_sft_checkpoint(result.output_dir)
+    merged = load_model(result.output_dir)
     ids = torch.tensor([tokenizer("1 + 2 = 3")["input_ids"]])
     assert not torch.allclose(_logits(merged, ids), _logits(model, ids))
     assert type(merged).__name__ == type(model).__name__  # a plain model: GRPO needs no peft

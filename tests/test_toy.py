@@ -106,7 +106,7 @@ def test_bad_settings_name_the_field():
 def test_tiny_world_builds_loads_and_generates(toy_dir, toy_config):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cft_rl.eval.sampling import generate
+    from cft_rl.generation import generate
 
     assert is_built(toy_dir, toy_config)
     model = AutoModelForCausalLM.from_pretrained(toy_dir)

@@ -41,11 +41,11 @@ from cft_rl.annotate.branches import BranchPool
 from cft_rl.annotate.rule import (
     TokenAnnotation,
     alternatives_from,
-    encode_example,
     make_annotation,
     top_tokens,
 )
 from cft_rl.answers import extract_answer
+from cft_rl.data.prompts import encode_example
 from cft_rl.generation import stop_token_ids, vllm_generation_config
 from cft_rl.verify.verifier import Verdict, check_batch
 

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from cft_rl.annotate.rows import RowProgress, record_features
 from cft_rl.outputs import write_atomic, write_json
+from cft_rl.token_classes import token_class
 
 logger = logging.getLogger(__name__)
 
@@ -138,29 +138,6 @@ class AnnotateConfig:
         return cls(**values)
 
 
-# --- token classes ---------------------------------------------------------------------------------
-
-_OPERATOR_TEXTS = {"x", "×", "÷", "·", "≤", "≥", "≠", "±"}
-_OPERATOR_CHARS = set("+-*/=^()<>%!")
-_FORMAT_MARKERS = ("\\", "{", "}", "$")
-_SPECIAL_RE = re.compile(r"<\|?/?[\w\-]+\|?>")  # <|im_end|>, </s>, <eos>: the decoded special tokens
-
-
-def token_class(token: str) -> str:
-    """``"digit"``, ``"operator"``, ``"format"`` or ``"word"``: which kind of text a token is.
-
-    Used to report *where* criticality sits (the paper finds it in numbers and operators).
-    """
-    text = token.strip()
-    if not text or _SPECIAL_RE.fullmatch(text) or any(m in text for m in _FORMAT_MARKERS):
-        return "format"
-    if text.isascii() and text.isdigit():
-        return "digit"
-    if text in _OPERATOR_TEXTS or all(c in _OPERATOR_CHARS for c in text):
-        return "operator"
-    return "word"
-
-
 # --- shard files -----------------------------------------------------------------------------------
 
 
@@ -237,7 +214,7 @@ def _check_settings(path: Path, config: AnnotateConfig, has_work: bool) -> None:
 
 def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
     """The dataset rows, and how many rows the loader could not read (skipped, never fatal)."""
-    from cft_rl.data.datasets import load_math_dataset
+    from cft_rl.data.datasets import load_math_dataset  # the datasets library: not for `cft-rl --help`
 
     skipped: Counter = Counter()
     # errors="skip": a bad row is counted, never fatal
@@ -252,11 +229,12 @@ def _load_rows(config: AnnotateConfig) -> tuple[list[dict], int]:
 
 def run_shard(config: AnnotateConfig) -> Path:
     """Annotate this worker's rows, resuming from its shard file; returns that file."""
-    import torch
+    # torch and the models: not for `cft-rl --help` or a recipe check, which import this module.
+    import torch  # (as above)
 
-    from cft_rl.annotate.judge import load_judge
-    from cft_rl.annotate.rows import annotate_rows
-    from cft_rl.cpu import cpu_float_math
+    from cft_rl.annotate.judge import load_judge  # (as above)
+    from cft_rl.annotate.rows import annotate_rows  # (as above)
+    from cft_rl.cpu import cpu_float_math  # (as above)
 
     path = shard_path(config.out, config.shard_index, config.num_shards)
     records, done = read_shard(path, repair=True)
@@ -299,7 +277,7 @@ def shards_complete(out: str | Path) -> bool:
 def merge(out_dir: str | Path) -> Path:
     """Merge all shards into ``out_dir/dataset`` and ``summary.json``, rows in dataset order (so the
     result does not depend on the number of shards)."""
-    import datasets
+    import datasets  # heavy: not for `cft-rl --help`
 
     out = Path(out_dir)
     paths, n = _shard_files(out)
@@ -336,7 +314,7 @@ def describe(summary: dict) -> str:
 
 
 def summarize(rows: list[dict], records: list[dict], unreadable: int = 0) -> dict:
-    """Row counts, skip reasons, and the critical fraction overall and by :func:`token_class`."""
+    """Row counts, skip reasons, and the critical fraction overall and by :func:`cft_rl.token_classes.token_class`."""
     skipped = Counter(r["skipped"] for r in records if "skipped" in r) + Counter(unreadable=unreadable)
     tokens, critical = Counter(), Counter()
     for row in rows:

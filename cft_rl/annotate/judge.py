@@ -9,6 +9,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+
+from cft_rl import models
+from cft_rl.annotate.engine import VLLMBackend
+from cft_rl.generation import HFGenerator, VLLMGenerator
+
 if TYPE_CHECKING:
     from cft_rl.annotate.job import AnnotateConfig
 
@@ -25,32 +31,22 @@ class Judge:
 
 
 def load_model(name: str):
-    import torch
-
-    from cft_rl.models import load_model as load_checkpoint
-    from cft_rl.models import load_tokenizer
-
-    tokenizer = load_tokenizer(name)  # first: a wrong name fails before any weights load
-    model = load_checkpoint(name, dtype=torch.float32)
+    tokenizer = models.load_tokenizer(name)  # first: a wrong name fails before any weights load
+    model = models.load_model(name, dtype=torch.float32)
     if torch.cuda.is_available():  # each launcher worker on its own GPU, not all on cuda:0
         model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     return model.eval(), tokenizer
 
 
 def load_judge(config: AnnotateConfig) -> Judge:
-    from cft_rl.eval.sampling import HFGenerator, VLLMGenerator
-
     if config.backend == "hf":
         model, tokenizer = load_model(config.model)
         # One prompt per call: batched greedy decoding pads, and padding can change the argmax,
         # which would make the output depend on how rows were sharded.
         return Judge(model, tokenizer, HFGenerator(model, tokenizer, batch_size=1))
-    from vllm import LLM
+    from vllm import LLM  # optional, GPU-only
 
-    from cft_rl.annotate.engine import VLLMBackend
-    from cft_rl.models import load_tokenizer
-
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = models.load_tokenizer(config.model)
     # Under a launcher each worker sees only its own GPU's share; prefix caching makes the many
     # continuations of one solution reuse its prefix.
     llm = LLM(

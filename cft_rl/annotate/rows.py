@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cft_rl.annotate.engine import annotate_many
+from cft_rl.annotate.rule import annotate_reference, critical_spans
+from cft_rl.data.prompts import encode_example
+from cft_rl.verify.verifier import check
+
 if TYPE_CHECKING:
     from cft_rl.annotate.job import AnnotateConfig
     from cft_rl.annotate.judge import Judge
@@ -17,8 +22,6 @@ if TYPE_CHECKING:
 
 def _solution(config: AnnotateConfig, judge: Judge, row: dict) -> tuple[str | None, str | None]:
     """``(solution, None)`` to annotate, or ``(None, skip reason)``."""
-    from cft_rl.verify.verifier import check
-
     gold = (row["answer"] or "").strip()
     # A gold that cannot verify against itself can never mark a continuation correct: every token
     # would come out critical.
@@ -40,8 +43,6 @@ def _solution(config: AnnotateConfig, judge: Judge, row: dict) -> tuple[str | No
 
 def prepare_row(config: AnnotateConfig, judge: Judge, row: dict, index: int) -> dict:
     """``{"skipped": reason}`` (the row's output record), or ``{"solution": text}`` to annotate."""
-    from cft_rl.annotate.rule import encode_example
-
     solution, reason = _solution(config, judge, row)
     if reason is None:
         try:
@@ -57,8 +58,6 @@ def prepare_row(config: AnnotateConfig, judge: Judge, row: dict, index: int) -> 
 
 def annotated_record(row: dict, index: int, solution: str, anns) -> dict:
     """The output record of an annotated row."""
-    from cft_rl.annotate.rule import critical_spans
-
     return {
         "index": index,
         "id": row["id"],
@@ -132,8 +131,6 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
             yield index, row["prompt"], prepared["solution"], row["answer"]
 
     if config.engine == "fast":
-        from cft_rl.annotate.engine import annotate_many
-
         limits = (config.num_alternatives, config.max_continuation_tokens, config.batch_size)
         done = annotate_many(
             judge.model,
@@ -145,11 +142,10 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
             on_progress=progress and progress.judged,
         )
     else:
-        from cft_rl.annotate.rule import annotate_reference as reference
-
         limits = (config.num_alternatives, config.max_continuation_tokens)
         done = (
-            (i, reference(judge.model, judge.tokenizer, p, s, g, *limits)) for i, p, s, g in annotatable()
+            (i, annotate_reference(judge.model, judge.tokenizer, p, s, g, *limits))
+            for i, p, s, g in annotatable()
         )
     for index, anns in done:
         emit(annotated_record(rows[index], index, solutions.pop(index), anns))

@@ -10,9 +10,9 @@ This is the plain, slow version: one position at a time, one continuation at a t
 ``model.generate``. Faster implementations (batched continuations, shared KV caches) should be
 tested against it.
 
-Tokenisation follows training (see ``cft_rl.toy.build._batches``): the rendered prompt and the completion
-``solution + eos`` are tokenised *separately* and concatenated, so the positions annotated here are
-the positions a trainer puts its loss on.
+Tokenisation follows training (:func:`cft_rl.data.prompts.encode_example`): the rendered prompt and the
+completion ``solution + eos`` are tokenised *separately* and concatenated, so the positions annotated
+here are the positions a trainer puts its loss on.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cft_rl.data.prompts import encode_example
 from cft_rl.generation import plain_generate, stop_token_ids
 from cft_rl.verify.verifier import check_batch
 
@@ -71,22 +72,6 @@ def critical_spans(annotations: list[TokenAnnotation], solution: str) -> list[tu
         else:
             merged.append((start, end))
     return merged
-
-
-def encode_example(tokenizer, prompt_messages, solution: str):
-    """``(prompt_ids, completion_ids, offsets)``; offsets are character spans of completion tokens.
-
-    Raises when tokenising ``solution + eos`` is not ``tokens(solution) + [eos]``: the offsets would
-    then point at the wrong characters.
-    """
-    prompt_text = tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=False)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(solution + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    enc = tokenizer(solution, return_offsets_mapping=True, add_special_tokens=False)
-    if completion_ids != enc["input_ids"] + [tokenizer.eos_token_id]:
-        raise ValueError("tokenising solution + eos does not append exactly one eos token to the solution")
-    offsets = [tuple(span) for span in enc["offset_mapping"]] + [(len(solution), len(solution))]
-    return prompt_ids, completion_ids, offsets
 
 
 def top_tokens(logits: torch.Tensor, n: int) -> list[list[int]]:

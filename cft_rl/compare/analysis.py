@@ -10,7 +10,7 @@ reward ceiling the entropy implies (R at H = 0: b - a).
 Imperfect runs are the norm: a run missing a metric is plotted where it has data and the report says
 so; runs logging at different steps are aligned on the step axis (interpolated onto the union of the
 label's steps, never extrapolated beyond a run's own first and last step). Plotting and HTML are in
-:mod:`cft_rl.compare.report`; this module is data only.
+:mod:`cft_rl.compare.report`, the command in :mod:`cft_rl.compare.run`; this module is data only.
 """
 
 from __future__ import annotations
@@ -352,26 +352,3 @@ def build_report(config: CompareConfig) -> Report:
                     f"{label}: the fit explains little (R² {fit['r2']:.2f}); its ceiling means little"
                 )
     return Report(runs, metrics, curves, stats, collapse, fits, notes)
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``cft-rl compare RUN_DIR... [--flag value]``: every ``CompareConfig`` field is a flag."""
-    from cft_rl.compare.report import report_markdown, write_report
-    from cft_rl.config_types import config_from_flags, config_parser, parse_flags
-
-    parser = config_parser(CompareConfig, "cft-rl compare", __doc__.splitlines()[0], {"runs": "*"})
-    config = config_from_flags(CompareConfig, parse_flags(parser, CompareConfig, argv))
-    report = build_report(config)
-    out = write_report(report, config)
-    print(report_markdown(report, config))
-    print(f"wrote {out}/report.html, report.md, report.json and figures/")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

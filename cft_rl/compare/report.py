@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cft_rl.compare.analysis import CompareConfig, Curve, Report
+from cft_rl.reports import markdown_table
 
 _BAND_NAMES = {"minmax": "min-max over seeds", "ci": "95% CI over seeds", "none": ""}
 
@@ -91,8 +92,6 @@ def _fmt(value: float | None) -> str:
 
 def report_markdown(report: Report, config: CompareConfig) -> str:
     """The report as markdown: the per-label table, collapse flags, fits and notes."""
-    from cft_rl.reports import markdown_table
-
     rows = [
         [metric, label, s["seeds"], _fmt(s["final"]), _fmt(s["peak"]), _fmt(s["auc"])]
         for metric, by_label in report.stats.items()

@@ -1,17 +1,18 @@
 """Benchmark records and dataset loaders, and the shared prompt: ``from cft_rl.data import load_benchmark``.
 
-``benchmarks`` knows each benchmark's fields and gold answers; ``datasets`` reads files into records.
+``benchmarks`` knows each benchmark's fields and gold answers; ``datasets`` reads files into records;
+``prompts`` is the prompt and tokenisation contract every stage shares.
 """
 
 from cft_rl import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("BENCHMARKS", "PAPER_SUITE", "BenchmarkSpec", "RowError"), "cft_rl.data.benchmarks"),
+    **dict.fromkeys(("BOXED_INSTRUCTION", "build_prompt", "encode_example"), "cft_rl.data.prompts"),
     **dict.fromkeys(
         (
             "FEATURES",
             "DataError",
-            "build_prompt",
             "load_benchmark",
             "load_math_dataset",
             "read_benchmark_records",

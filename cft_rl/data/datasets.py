@@ -9,7 +9,8 @@ came from:
 - ``answer``: str, the normalised gold answer (no ``$`` wrappers, no units, no thousands commas);
 - ``solution``: str or None, a worked solution where the benchmark has one;
 - ``source``: the benchmark name (or the file stem / hub id of a generic dataset);
-- ``prompt``: chat messages, ``[{"role": "user", "content": ...}]``, from :func:`build_prompt`.
+- ``prompt``: chat messages, ``[{"role": "user", "content": ...}]``, from
+  :func:`cft_rl.data.prompts.build_prompt`.
 
 The raw files live outside the repository (``../shared/README.md``); :func:`resolve_data_root` finds them.
 """
@@ -39,16 +40,12 @@ from cft_rl.data.benchmarks import (  # noqa: F401 - re-exported: the data API i
     required_field,
     strip_math_delimiters,
 )
+from cft_rl.data.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
 
 DATA_ROOT_ENV = "CFT_RL_DATA_ROOT"
 COLUMNS = ("id", "question", "answer", "solution", "source", "prompt")
-
-# The standard Qwen-Math instruction. Training and evaluation both build prompts here, so a model is
-# always scored on exactly the prompt it was trained with.
-BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-PROMPT_TEMPLATE = "{question}\n" + BOXED_INSTRUCTION.replace("{}", "{{}}")
 
 _STRING = datasets.Value("string")
 FEATURES = datasets.Features(
@@ -81,11 +78,6 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
             f"or set {DATA_ROOT_ENV} to the folder that holds gsm8k/, math500/ and benchmarks/."
         )
     return root
-
-
-def build_prompt(question: str) -> list[dict[str, str]]:
-    """The one user message every stage sends: the question, then the boxed-answer instruction."""
-    return [{"role": "user", "content": PROMPT_TEMPLATE.format(question=question.strip())}]
 
 
 # --- reading rows --------------------------------------------------------------------------------

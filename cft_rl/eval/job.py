@@ -3,7 +3,7 @@
 For each benchmark the job generates greedily (accuracy, with a 95% Wilson interval) and, with
 ``num_samples`` > 0, n samples per question at ``temperature`` (pass@k by the unbiased estimator, maj@k,
 distinct answers and answer entropy per question, mean token entropy). Prompts are the training
-template (:func:`cft_rl.data.datasets.build_prompt`) and grading is the training verifier
+template (:func:`cft_rl.data.prompts.build_prompt`) and grading is the training verifier
 (:func:`cft_rl.verify.verifier.check_batch`), so an evaluation number means what the reward meant.
 
 Outputs in ``out``: ``<benchmark>.parquet`` (one row per completion: prompt, completion, extracted
@@ -16,15 +16,20 @@ results made with other settings are never overwritten: they move to ``.supersed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cft_rl import models
 from cft_rl.data.benchmarks import BENCHMARKS, PAPER_SUITE
+from cft_rl.eval.tables import load_results, paper_table, results_table
 from cft_rl.outputs import settings_key, supersede, write_atomic, write_json
+from cft_rl.stats import check_ks, default_ks
 
 # torch, transformers and datasets are imported inside the functions that need them: the pipeline
 # imports this module to check a recipe's eval section, which must not wait for torch.
@@ -97,11 +102,8 @@ class EvalConfig:
         n = self.num_samples
         self.ks, self.maj_ks = (tuple(ks) if ks is not None else None for ks in (self.ks, self.maj_ks))
         if n:
-            self.ks = tuple(self.ks or sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}))
-            self.maj_ks = tuple(self.maj_ks or (n,))
-            for name, ks in (("ks", self.ks), ("maj_ks", self.maj_ks)):
-                if any(not 1 <= k <= n for k in ks):
-                    raise ValueError(f"{name} {list(ks)}: every k must lie in 1..num_samples ({n})")
+            self.ks = check_ks("ks", self.ks or default_ks(n), n, "num_samples")
+            self.maj_ks = check_ks("maj_ks", self.maj_ks or (n,), n, "num_samples")
 
     def settings(self) -> dict:
         """What decides a benchmark's results: a finished benchmark is reused only if these match."""
@@ -126,7 +128,7 @@ def _toy_data(path: Path) -> Path | None:
 
 def load_eval_dataset(spec: str, config: EvalConfig):
     """``(label, dataset)`` of one benchmark spec; the label names its output files."""
-    from cft_rl.data.datasets import DataError, load_math_dataset
+    from cft_rl.data.datasets import DataError, load_math_dataset  # the datasets library: not for --help
 
     path = Path(spec).expanduser()
     if spec in BENCHMARKS:
@@ -145,31 +147,29 @@ def load_eval_dataset(spec: str, config: EvalConfig):
 def load_model(name: str, device: str | None = None):
     """``(model, tokenizer)`` of a checkpoint folder (full or LoRA) or a Hub id (:mod:`cft_rl.models`),
     on ``device`` (default: the GPU if there is one)."""
-    import torch
+    import torch  # torch: not for `cft-rl --help`, which imports this module
 
-    from cft_rl.models import load_model as load_checkpoint
-    from cft_rl.models import load_tokenizer
-
-    tokenizer = load_tokenizer(name)
-    model = load_checkpoint(name)
+    tokenizer = models.load_tokenizer(name)
+    model = models.load_model(name)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
 
 
 def make_backend(config: EvalConfig):
     """The generation backend the config names, with its model loaded."""
-    from cft_rl.eval.sampling import HFGenerator, VLLMGenerator
+    from cft_rl.generation import (  # torch: not for `cft-rl --help`, which imports this module
+        HFGenerator,
+        VLLMGenerator,
+    )
 
     if config.backend == "hf":
         model, tokenizer = load_model(config.model)
         return HFGenerator(model, tokenizer, config.batch_size)
-    from vllm import LLM
+    from vllm import LLM  # optional, GPU-only
 
     # vLLM loads the weights itself, so transformers keeps off the GPU: a LoRA adapter is merged on
     # the CPU into a folder vLLM can read, and a full model goes to vLLM as it is.
-    from cft_rl.models import load_tokenizer, resolve_model
-
-    source, tokenizer = config.model, load_tokenizer(config.model)
-    if resolve_model(config.model).is_adapter:
+    source, tokenizer = config.model, models.load_tokenizer(config.model)
+    if models.resolve_model(config.model).is_adapter:
         source = str(Path(config.out) / "merged_model")
         load_model(config.model, device="cpu")[0].save_pretrained(source)
         tokenizer.save_pretrained(source)
@@ -206,7 +206,8 @@ def _rows(label, dataset, prompts, mode, groups, verdicts) -> list[dict]:
 
 def evaluate_dataset(backend, label: str, dataset, config: EvalConfig) -> tuple[dict, list[dict]]:
     """Summary and per-sample rows of one benchmark (greedy and/or sampled, as configured)."""
-    from cft_rl.eval.sampling import render_prompts, score_groups
+    from cft_rl.eval.scoring import score_groups  # torch: not for `cft-rl --help`, which imports this module
+    from cft_rl.generation import render_prompts  # torch: not for `cft-rl --help`, which imports this module
 
     prompts = render_prompts(backend.tokenizer, dataset["prompt"])
     golds = dataset["answer"]
@@ -236,8 +237,8 @@ def evaluate_dataset(backend, label: str, dataset, config: EvalConfig) -> tuple[
 
 
 def write_parquet(path: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # a datasets dependency, heavy: not for --help
+    import pyarrow.parquet as pq  # (as above)
 
     write_atomic(path, lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
 
@@ -284,12 +285,10 @@ def run_eval(config: EvalConfig, backend=None) -> dict[str, dict]:
 
     Datasets are loaded (and bad names rejected) before the model, so a typo fails in a second.
     """
-    import contextlib
-
-    import torch
+    import torch  # torch: not for `cft-rl --help`, which imports this module
     from tqdm.auto import tqdm
 
-    from cft_rl.cpu import cpu_float_math
+    from cft_rl.cpu import cpu_float_math  # (torch, as above)
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,7 +325,6 @@ def main(argv: list[str] | None = None) -> int:
     """``cft-rl eval MODEL BENCHMARK... [--flag value]``: every ``EvalConfig`` field is a flag;
     ``cft-rl eval --table EVAL_DIR...`` prints the paper table of finished evaluations."""
     from cft_rl.config_types import config_from_flags, config_parser, parse_flags
-    from cft_rl.eval.tables import load_results, paper_table, results_table
 
     parser = config_parser(
         EvalConfig,
@@ -356,6 +354,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -16,21 +16,29 @@ single completion) is left out of that mean, and a metric defined for no group i
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cft_rl.annotate.job import token_class
 from cft_rl.answers import extract_answer
-from cft_rl.eval.sampling import Sample, pass_at_k
+from cft_rl.stats import (
+    answer_entropy,
+    check_ks,
+    default_ks,
+    distinct_answers,
+    distinct_n,
+    mean_defined,
+    pass_at_k,
+    sampled_metrics,
+    self_bleu,
+)
+from cft_rl.token_classes import ENTROPY_CLASS_OF, ENTROPY_CLASSES
 from cft_rl.verify.verifier import normalize_answer
 
-# Token classes for entropy: the CFT paper finds critical tokens in numbers and operators, so those are
-# pooled as "numeric". Classes may be given as these names or as their index (cheap to gather as ints).
-ENTROPY_CLASSES = ("numeric", "word", "format")
-_CLASS_OF = {"digit": "numeric", "operator": "numeric", "word": "word", "format": "format"}
+if TYPE_CHECKING:
+    from cft_rl.generation import Sample
 
 
 @dataclass
@@ -89,24 +97,17 @@ class MonitorConfig:
                 f"MonitorConfig.entropy_percentiles must lie in [0, 100]; got {self.entropy_percentiles}"
             )
         if self.ks is not None:
-            _check_ks("ks", self.ks, None, "")
+            check_ks("MonitorConfig.ks", self.ks)
         for name in ("probe_ks", "probe_maj_ks"):
-            _check_ks(name, getattr(self, name), self.probe_num_samples, "probe_num_samples")
+            check_ks(
+                f"MonitorConfig.{name}", getattr(self, name), self.probe_num_samples, "probe_num_samples"
+            )
 
     def resolve_ks(self, group_size: int) -> tuple[int, ...]:
         """The pass@k ks for groups of ``group_size`` (GRPO's num_generations); a k > G is an error."""
         if self.ks is not None:
-            return _check_ks("ks", self.ks, group_size, "the group size (num_generations)")
-        ks = [2**i for i in range(group_size.bit_length()) if 2**i <= group_size]
-        return tuple(ks if ks[-1] == group_size else [*ks, group_size])
-
-
-def _check_ks(name: str, ks: Sequence[int], limit: int | None, limit_name: str) -> tuple[int, ...]:
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"MonitorConfig.{name} must be a non-empty list of positive integers; got {ks}")
-    if limit is not None and max(ks) > limit:
-        raise ValueError(f"MonitorConfig.{name} has k={max(ks)}, more than {limit_name} = {limit}")
-    return tuple(ks)
+            return check_ks("MonitorConfig.ks", self.ks, group_size, "the group size (num_generations)")
+        return default_ks(group_size)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -117,16 +118,6 @@ def _groups(values: Sequence, group_size: int) -> list[Sequence]:
     if group_size < 1 or len(values) % group_size:
         raise ValueError(f"{len(values)} rows do not split into groups of group_size={group_size}")
     return [values[i : i + group_size] for i in range(0, len(values), group_size)]
-
-
-def _mean(values) -> float | None:
-    """Mean of the defined values (None: a group where the statistic is undefined); None if none."""
-    defined = [v for v in values if v is not None]
-    return sum(defined) / len(defined) if defined else None
-
-
-def _distinct(answers: Sequence[str | None]) -> int:
-    return len({a for a in answers if a is not None})
 
 
 def _put(metrics: dict[str, float], name: str, value: float | None) -> None:
@@ -170,85 +161,8 @@ def _pass_at_ks(correct: Sequence[bool | None], group_size: int, ks: Sequence[in
                 per_k[k].append(pass_at_k(len(flags), sum(flags), k))
     metrics: dict[str, float] = {}
     for k in ks:
-        _put(metrics, f"explore/pass@{k}", _mean(per_k[k]))
+        _put(metrics, f"explore/pass@{k}", mean_defined(per_k[k]))
     return metrics
-
-
-# --- text diversity --------------------------------------------------------------------------------
-
-
-def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
-def distinct_n(texts: Sequence[str], n: int) -> float | None:
-    """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams, pooled over ``texts``.
-
-    Words are whitespace-split, so the number does not change with the tokenizer. None when the texts
-    hold no n-gram at all (all empty, or all shorter than n words).
-    """
-    grams = [g for text in texts for g in _ngrams(text.split(), n)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def _clipped_matches(counts: list[Counter]) -> list[int]:
-    """For each text i, sum over its n-grams of min(count, highest count in any *other* text).
-
-    BLEU's clipped n-gram precision against all the others as references. Keeping, per n-gram, the top
-    two counts and who holds the top one makes this linear in total length instead of quadratic in G.
-    """
-    top: dict[tuple, tuple[int, int, int]] = {}  # n-gram -> (highest count, its text, second highest)
-    for i, text_counts in enumerate(counts):
-        for gram, c in text_counts.items():
-            first, owner, second = top.get(gram, (0, -1, 0))
-            top[gram] = (c, i, first) if c > first else (first, owner, max(second, c))
-    matches = []
-    for i, text_counts in enumerate(counts):
-        total = 0
-        for gram, c in text_counts.items():
-            first, owner, second = top[gram]
-            total += min(c, second if owner == i else first)
-        matches.append(total)
-    return matches
-
-
-def self_bleu(texts: Sequence[str], max_n: int = 4, max_words: int | None = None) -> float | None:
-    """Self-BLEU (Zhu et al. 2018): mean BLEU of each text against all the others; 1.0 = all identical.
-
-    Sentence BLEU with uniform weights over orders 1..max_n, brevity penalty to the closest reference
-    length (shorter on ties), and add-one smoothing of orders >= 2 (Lin & Och 2004) so one missing
-    4-gram does not zero a near-copy; order 1 is not smoothed, so texts sharing no word score 0.
-    None with fewer than two texts.
-    """
-    if len(texts) < 2:
-        return None
-    words = [text.split()[:max_words] for text in texts]
-    matched = [_clipped_matches([Counter(_ngrams(w, n)) for w in words]) for n in range(1, max_n + 1)]
-    scores = []
-    for i, hyp in enumerate(words):
-        # Order n has len - n + 1 n-grams; smoothing adds one to both counts from order 2 up.
-        precisions = [matched[0][i] / max(1, len(hyp))]
-        precisions += [(matched[n - 1][i] + 1) / (max(0, len(hyp) - n + 1) + 1) for n in range(2, max_n + 1)]
-        if not hyp or not precisions[0]:
-            scores.append(0.0)
-            continue
-        ref = min((len(w) for j, w in enumerate(words) if j != i), key=lambda r: (abs(r - len(hyp)), r))
-        brevity = 1.0 if len(hyp) > ref else math.exp(1 - ref / len(hyp))
-        scores.append(brevity * math.exp(sum(map(math.log, precisions)) / max_n))
-    return sum(scores) / len(scores)
-
-
-def answer_entropy(answers: Sequence[str | None]) -> float | None:
-    """Shannon entropy (nats) of the final answers stated; None when none is stated.
-
-    0 when every answer agrees, log(m) for m different answers. Unstated answers are left out:
-    "no answer" is not an answer the policy is exploring.
-    """
-    counts = Counter(a for a in answers if a is not None)
-    total = sum(counts.values())
-    if not total:
-        return None
-    return -sum(c / total * math.log(c / total) for c in counts.values())
 
 
 # --- per-step group metrics ------------------------------------------------------------------------
@@ -292,13 +206,13 @@ def group_metrics(
         "completions/frac_empty": sum(not t.strip() for t in texts) / n_rows,
     }
     answer_groups = _groups(answers, group_size)
-    _put(metrics, "explore/distinct_answers", _mean([_distinct(g) for g in answer_groups]))
-    _put(metrics, "explore/answer_entropy", _mean(answer_entropy(g) for g in answer_groups))
+    _put(metrics, "explore/distinct_answers", mean_defined([distinct_answers(g) for g in answer_groups]))
+    _put(metrics, "explore/answer_entropy", mean_defined(answer_entropy(g) for g in answer_groups))
     text_groups = _groups(texts, group_size)
     for n in range(1, config.distinct_max_n + 1):
-        _put(metrics, f"explore/distinct_{n}", _mean(distinct_n(g, n) for g in text_groups))
+        _put(metrics, f"explore/distinct_{n}", mean_defined(distinct_n(g, n) for g in text_groups))
     bleu = (self_bleu(g, config.self_bleu_max_n, config.self_bleu_max_words) for g in text_groups)
-    _put(metrics, "explore/self_bleu", _mean(bleu))
+    _put(metrics, "explore/self_bleu", mean_defined(bleu))
     return metrics
 
 
@@ -323,19 +237,11 @@ def length_stats(
     if correct is not None:
         for name, flag in (("correct", True), ("incorrect", False)):
             picked = [n for n, c in zip(lengths, correct, strict=True) if c is not None and bool(c) is flag]
-            _put(metrics, f"completions/mean_length_{name}", _mean(picked))
+            _put(metrics, f"completions/mean_length_{name}", mean_defined(picked))
     return metrics
 
 
 # --- token entropy ---------------------------------------------------------------------------------
-
-
-def entropy_class(token: str) -> str:
-    """``"numeric"`` (digits, operators), ``"word"`` or ``"format"`` (LaTeX, special tokens, blanks).
-
-    The decoded text of one token, as :func:`cft_rl.annotate.job.token_class` reads it.
-    """
-    return _CLASS_OF[token_class(token)]
 
 
 def entropy_metrics(
@@ -345,7 +251,7 @@ def entropy_metrics(
 ) -> dict[str, float]:
     """``entropy/*`` metrics of the flat, gathered per-token entropies (nats) of completion tokens.
 
-    ``classes``: each token's :data:`ENTROPY_CLASSES` name or index, or its :func:`token_class` name
+    ``classes``: each token's :data:`ENTROPY_CLASSES` name or index, or its :func:`cft_rl.token_classes.token_class` name
     (padding already removed). Gather before calling: a percentile of per-rank percentiles is not the
     percentile of the batch. Non-finite entropies are dropped.
     """
@@ -360,7 +266,7 @@ def entropy_metrics(
     metrics["entropy/forking_frac"] = float(np.mean(values[keep] > config.forking_threshold))
     if classes is not None:
         names = np.asarray(
-            [ENTROPY_CLASSES[c] if isinstance(c, int) else _CLASS_OF.get(c, c) for c in classes]
+            [ENTROPY_CLASSES[c] if isinstance(c, int) else ENTROPY_CLASS_OF.get(c, c) for c in classes]
         )
         unknown = sorted(set(names.tolist()) - set(ENTROPY_CLASSES))
         if unknown:
@@ -374,31 +280,15 @@ def entropy_metrics(
 # --- the fixed probe set ---------------------------------------------------------------------------
 
 
-def _majority_score(answers: Sequence[str | None], correct: Sequence[bool]) -> float:
-    """1 when the most frequent stated answer is correct, 0 otherwise; ties share the credit.
-
-    Sharing (rather than taking the first) keeps the score independent of sample order.
-    """
-    votes = Counter(a for a in answers if a is not None)
-    if not votes:
-        return 0.0
-    top = max(votes.values())
-    winners = [a for a, c in votes.items() if c == top]
-    # An answer's credit is the share of its samples graded correct: all or none with a consistent grader.
-    credit = [sum(bool(ok) for a, ok in zip(answers, correct, strict=True) if a == w) / top for w in winners]
-    return sum(credit) / len(winners)
-
-
 def probe_metrics(
     samples: Sequence[Sequence[Sample]],
     correct: Sequence[Sequence[bool]],
     config: MonitorConfig | None = None,
     answers: Sequence[Sequence[str | None]] | None = None,
 ) -> dict[str, float]:
-    """``probe/*`` metrics of n samples per fixed probe prompt (:func:`cft_rl.eval.sampling.generate`).
+    """``probe/*`` metrics of n samples per fixed probe prompt (:func:`cft_rl.generation.generate`).
 
-    pass@k is the unbiased estimator over all n samples. maj@k votes over disjoint chunks of k samples
-    (n // k of them, in sample order) among the answers stated, and averages. ``probe/entropy`` is the
+    The metrics of :func:`cft_rl.stats.sampled_metrics`, as ``probe/*``: ``probe/entropy`` is the
     token-weighted mean entropy, as TRL's ``entropy``.
     """
     config = config or MonitorConfig()
@@ -410,21 +300,8 @@ def probe_metrics(
         answers = [[extract_answer(s.text) for s in group] for group in samples]
     answers = [[normalize_answer(a) for a in group] for group in answers]
     n_min = min(len(group) for group in samples)
-    _check_ks("probe_ks", config.probe_ks, n_min, "the samples per probe prompt")
-    _check_ks("probe_maj_ks", config.probe_maj_ks, n_min, "the samples per probe prompt")
-    metrics: dict[str, float] = {}
-    for k in config.probe_ks:
-        metrics[f"probe/pass@{k}"] = _mean([pass_at_k(len(c), sum(map(bool, c)), k) for c in correct])
-    for k in config.probe_maj_ks:
-        # Disjoint chunks of k samples, so every sample votes once and the estimate uses all n // k.
-        chunks = [
-            _majority_score(group_answers[i : i + k], group_correct[i : i + k])
-            for group_answers, group_correct in zip(answers, correct, strict=True)
-            for i in range(0, len(group_answers) - k + 1, k)
-        ]
-        metrics[f"probe/maj@{k}"] = _mean(chunks)
-    tokens = [e for group in samples for s in group for e in s.entropies if math.isfinite(e)]
-    _put(metrics, "probe/entropy", _mean(tokens))
-    metrics["probe/distinct_answers"] = _mean([_distinct(g) for g in answers])
-    _put(metrics, "probe/answer_entropy", _mean(answer_entropy(g) for g in answers))
-    return metrics
+    check_ks("MonitorConfig.probe_ks", config.probe_ks, n_min, "the samples per probe prompt")
+    check_ks("MonitorConfig.probe_maj_ks", config.probe_maj_ks, n_min, "the samples per probe prompt")
+    tokens = [e for group in samples for s in group for e in s.entropies]
+    metrics = sampled_metrics(correct, answers, tokens, config.probe_ks, config.probe_maj_ks)
+    return {f"probe/{name}": value for name, value in metrics.items()}

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from trl.distributed import DistributedBackend
 from trl.models import unwrap_model_for_generation
 
-from cft_rl.eval.sampling import generate
+from cft_rl.generation import generate
 from cft_rl.grpo.metrics import probe_metrics
 from cft_rl.verify.verifier import check_batch
 

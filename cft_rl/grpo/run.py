@@ -26,6 +26,7 @@ from pathlib import Path
 from trl import GRPOConfig
 
 from cft_rl.cpu import cpu_float_math
+from cft_rl.data.datasets import load_math_dataset
 from cft_rl.grpo.metrics import MonitorConfig
 from cft_rl.grpo.trainer import MonitoredGRPOTrainer, Probe, build_reward_funcs, tolerant_reward
 from cft_rl.models import load_model, load_tokenizer, model_init_kwargs, resolve_model
@@ -349,8 +350,6 @@ def run_cli(argv: list[str] | None = None) -> MonitoredGRPOTrainer | None:
     come from its ``probe_split``. ``use_peft`` and ``lora_*`` put a new LoRA adapter on the warm-start.
     """
     from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
-
-    from cft_rl.data.datasets import load_math_dataset
 
     parser = TrlParser((ScriptArguments, GRPORunConfig, ModelConfig, OutputDirArguments))
     script, config, model_args, run_args = parser.parse_args_and_config(argv)

@@ -85,32 +85,12 @@ from accelerate.utils import gather_object, pad_across_processes
 from transformers import Trainer
 from trl import GRPOTrainer
 
-from cft_rl.grpo.metrics import (
-    ENTROPY_CLASSES,
-    MonitorConfig,
-    entropy_class,
-    entropy_metrics,
-    group_metrics,
-    length_stats,
-)
+from cft_rl.grpo.metrics import MonitorConfig, entropy_metrics, group_metrics, length_stats
 from cft_rl.grpo.probe import Probe, ProbeCallback
+from cft_rl.token_classes import token_class_table
 from cft_rl.verify.verifier import _as_text, get_reward_func
 
 logger = logging.getLogger(__name__)
-
-
-def token_class_table(tokenizer, size: int | None = None) -> torch.Tensor:
-    """Index into :data:`ENTROPY_CLASSES` of every token id, from the token's decoded text.
-
-    Built once per trainer (about a second for a 150k vocabulary), so classifying a batch of completion
-    tokens is one tensor lookup. ``size``: the model's vocabulary when it has more rows than the
-    tokenizer has tokens (padding rows, which a policy can still sample); those count as ``format``.
-    """
-    index = {name: i for i, name in enumerate(ENTROPY_CLASSES)}
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    classes = [index[entropy_class(tokenizer.convert_tokens_to_string([t]) if t else "")] for t in tokens]
-    classes += [index["format"]] * max(0, (size or 0) - len(classes))
-    return torch.tensor(classes, dtype=torch.int8)
 
 
 def model_token_counts(

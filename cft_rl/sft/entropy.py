@@ -6,7 +6,13 @@ whose scores are sent to the others (each rank prepares the whole dataset; the s
 
 from __future__ import annotations
 
-from cft_rl.sft.selection import SelectionError
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+
+from cft_rl.sft import SelectionError
+from cft_rl.stats import token_entropy
 
 
 def shared_entropies(scoring_model, encoded: list[dict], batch_size: int, device=None) -> list:
@@ -17,11 +23,6 @@ def shared_entropies(scoring_model, encoded: list[dict], batch_size: int, device
     that loads it, called on the main process only. The scores travel as float32 arrays (what the
     entropies are computed in): the main process keeps the same arrays, so every rank selects alike.
     """
-    import numpy as np
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-
     if scoring_model is None:
         raise SelectionError("strategy 'entropy' needs the base model to score token entropies")
     state = PartialState()
@@ -50,8 +51,6 @@ def score_entropies(model, encoded: list[dict], batch_size: int, device=None) ->
     Rows are batched by length (right padding, so real tokens never attend to a pad). A batch holds
     ``batch_size x length x vocabulary`` logits: lower the batch size for large vocabularies.
     """
-    import torch
-
     home = next(model.parameters()).device
     device = home if device is None or getattr(model, "hf_device_map", None) else torch.device(device)
     model.to(device)
@@ -62,10 +61,6 @@ def score_entropies(model, encoded: list[dict], batch_size: int, device=None) ->
 
 
 def _score(model, encoded, batch_size, device) -> list[list[float]]:
-    import torch
-
-    from cft_rl.eval.sampling import token_entropy
-
     was_training = model.training
     model.eval()
     order = sorted(

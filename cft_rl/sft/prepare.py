@@ -15,10 +15,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cft_rl.annotate.rule import encode_example
+from cft_rl.data.prompts import encode_example
+from cft_rl.sft import SelectionError
+from cft_rl.sft.entropy import shared_entropies
 from cft_rl.sft.selection import (
     RowSelection,
-    SelectionError,
     check_strategy,
     needs_annotation,
     require_spans_column,
@@ -94,7 +95,6 @@ def prepare_dataset(dataset, tokenizer, args, scoring_model=None, device=None):
     summary = {}
     if strategy == "entropy":
         start = time.perf_counter()
-        from cft_rl.sft.entropy import shared_entropies
 
         scores = shared_entropies(scoring_model, encoded, args.entropy_batch_size, device)
         for row, entropies in zip(encoded, scores, strict=True):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cft_rl.models import load_tokenizer
-from cft_rl.sft.selection import SelectionError
+from cft_rl.sft import SelectionError
 from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer
 
 # --- the Python API: one run, or the SFTKey schedule -----------------------------------------------

@@ -2,7 +2,7 @@
 
 Every mask-type strategy is defined over **character spans of the completion text** and mapped to
 tokens through the tokenizer's offset mapping (``offsets[t] = (char_start, char_end)`` of completion
-token ``t``, as :func:`cft_rl.annotate.rule.encode_example` returns them). An annotation made with one
+token ``t``, as :func:`cft_rl.data.prompts.encode_example` returns them). An annotation made with one
 tokenizer therefore transfers to any other. A token is selected when its characters overlap a
 selected span; tokens that cover no text (the final eos) are never selected by a span.
 
@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cft_rl.answers import last_boxed_span
+from cft_rl.sft import SelectionError
 
 STRATEGIES = ("full", "critical", "numeric", "answer", "random", "entropy")
 # Strategies whose token count follows the critical annotation unless a fraction is given.
@@ -43,10 +44,6 @@ COUNT_MATCHED = ("random", "entropy")
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 
 Span = tuple[int, int]
-
-
-class SelectionError(ValueError):
-    """Bad selection input; the message names the row or setting and says how to fix it."""
 
 
 def check_strategy(name: str, valid: Sequence[str] = STRATEGIES) -> str:

@@ -4,7 +4,7 @@ The warm-start stage. Each strategy of :mod:`cft_rl.sft.selection` picks the com
 the SFT loss; everything else is TRL's ``SFTTrainer``, hooked at its narrowest points:
 
 - **data**: rows are tokenised exactly as the annotator tokenised them
-  (:func:`cft_rl.annotate.rule.encode_example`: chat-rendered prompt, then ``solution + eos``), so an
+  (:func:`cft_rl.data.prompts.encode_example`: chat-rendered prompt, then ``solution + eos``), so an
   annotated position is a trained position. Each prepared row holds ``input_ids``, ``labels`` (the
   token id where selected, -100 elsewhere), ``completion_mask`` and ``loss_weights``. Rows that select
   no token are dropped and reported (``selection.json``, the log), never trained as zero.
@@ -27,7 +27,7 @@ Metrics, logged next to TRL's: ``selected/fraction``, ``selected/nll``, ``select
 ``completion/nll`` (the NLL of every completion token, evaluated, not trained).
 
 Checkpoints: ``output_dir`` holds the full model, or with ``use_peft`` the LoRA adapter
-(``adapter_config.json``); :func:`load_sft_checkpoint` loads either for the GRPO stage.
+(``adapter_config.json``); :func:`cft_rl.models.load_model` loads either for the GRPO stage.
 
 The private parts of TRL this relies on are listed, with the rest, in :mod:`cft_rl.grpo.trainer`.
 
@@ -48,9 +48,10 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import pad
 
 from cft_rl.models import load_model, load_tokenizer
+from cft_rl.sft import SelectionError
 from cft_rl.sft.loss import selection_metrics, selection_sums, selective_loss
 from cft_rl.sft.prepare import prepare_dataset, truncate_prepared
-from cft_rl.sft.selection import STRATEGIES, SelectionError, check_strategy
+from cft_rl.sft.selection import STRATEGIES, check_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -241,15 +242,10 @@ class SelectiveSFTTrainer(SFTTrainer):
 
 
 def _load_tokenizer(model):
-    return load_checkpoint_tokenizer(model if isinstance(model, str) else model.config.name_or_path)
+    return load_tokenizer(model if isinstance(model, str) else model.config.name_or_path)
 
 
 def _scoring_model(name: str, args: SelectiveSFTConfig):
     """The base model of ``entropy``, loaded straight to the trainer's device (main process only)."""
     model = load_model(name, **(args.model_init_kwargs or {}))
     return model if getattr(model, "hf_device_map", None) else model.to(args.device)
-
-
-# The one loader of every job (cft_rl.models), under the names this module has always exported.
-load_checkpoint_tokenizer = load_tokenizer
-load_sft_checkpoint = load_model

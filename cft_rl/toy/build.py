@@ -26,11 +26,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 from tqdm.auto import tqdm
 
 from cft_rl.cpu import cpu_float_math
+from cft_rl.data.datasets import FEATURES
+from cft_rl.data.prompts import build_prompt
 from cft_rl.toy.task import ToyTaskConfig, generate_splits, sample_solutions, to_records
+from cft_rl.toy.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +149,6 @@ def build_toy(out_dir: str | Path, config: ToyBuildConfig = ToyBuildConfig(), pr
     )
     _save_datasets(tmp / "data", splits, config)
     corpus = _pretraining_corpus(splits["pretrain"], config)
-    from cft_rl.toy.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer([p + c for p, c in corpus[:4000]], vocab_size=config.vocab_size)
     model = _pretrain(_make_model(config, tokenizer), tokenizer, corpus, config, progress)
@@ -164,9 +167,6 @@ def build_toy(out_dir: str | Path, config: ToyBuildConfig = ToyBuildConfig(), pr
 
 
 def _save_datasets(path: Path, splits: dict, config: ToyBuildConfig) -> None:
-    import datasets
-
-    from cft_rl.data.datasets import FEATURES
 
     dd = datasets.DatasetDict(
         {
@@ -183,9 +183,6 @@ def _save_datasets(path: Path, splits: dict, config: ToyBuildConfig) -> None:
 def _pretraining_corpus(problems: list, config: ToyBuildConfig) -> list[tuple[str, str]]:
     """(chat prompt, solution + end of turn) pairs, several styles per problem."""
     from jinja2 import Template
-
-    from cft_rl.data.datasets import build_prompt
-    from cft_rl.toy.tokenizer import CHAT_TEMPLATE, EOS_TOKEN
 
     template = Template(CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
     pairs = []
@@ -278,10 +275,7 @@ def _pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: b
 
 def load_toy(path: str | Path):
     """``(model, tokenizer, DatasetDict)`` of a built toy world, loaded the way users load Hub models."""
-    import datasets
     from transformers import AutoModelForCausalLM
-
-    from cft_rl.toy.tokenizer import load_tokenizer
 
     path = Path(path)
     if not (path / MANIFEST).is_file():

@@ -18,6 +18,8 @@ import hashlib
 import random
 from dataclasses import asdict, dataclass, field
 
+from cft_rl.data.prompts import build_prompt
+
 NAMES = [
     "Ann",
     "Ben",
@@ -329,7 +331,6 @@ def generate_splits(sizes: dict[str, int], seed: int = 0, cfg: ToyTaskConfig = T
 
 def to_records(problems: list[Problem], split: str, seed: int = 0, cfg: ToyTaskConfig = ToyTaskConfig()):
     """Rows in the benchmark record shape (``id, question, answer, solution, source, prompt``)."""
-    from cft_rl.data.datasets import build_prompt
 
     rows = []
     for i, problem in enumerate(problems):
