@@ -46,7 +46,7 @@ COMMANDS_UNDER_TEST = {
     ),
     "compare": (
         CompareConfig,
-        "cft_rl.compare.analysis.build_report",
+        "cft_rl.compare.run.build_report",
         ["runs/a-seed0"],
         {"runs": ["runs/a-seed0"]},
     ),

@@ -269,7 +269,8 @@ def test_the_cli_parser_imports_no_heavy_dependency():
     """``cft-rl --help`` stays fast: the function-level imports kept for it must keep these out."""
     heavy = ("torch", "transformers", "datasets", "matplotlib", "trl")
     code = (
-        "import sys; from cft_rl.cli import build_parser; build_parser(); "
+        "import contextlib, io, sys; from cft_rl import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit): cli.main(['--help'])\n"
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
