@@ -87,8 +87,8 @@ def _overhead_config(out: Path, seed: int, steps: int, **extra):
 def _one_run(kind: str, toy: Path, seed: int, steps: int, out: Path) -> dict:
     from trl import GRPOTrainer
 
-    from cft_rl.grpo.run import build_reward_funcs
     from cft_rl.toy.build import load_toy
+    from cft_rl.verify.rewards import build_reward_funcs
 
     model, tokenizer, data = load_toy(toy)
     config = _overhead_config(out / f"{kind}-{seed}", seed, steps)

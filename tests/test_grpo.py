@@ -13,8 +13,9 @@ import torch
 
 from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.grpo.metrics import group_metrics
-from cft_rl.grpo.run import GRPORunConfig, build_reward_funcs, load_warm_start, make_probe, tolerant_reward
+from cft_rl.grpo.run import GRPORunConfig, load_warm_start, make_probe
 from cft_rl.grpo.trainer import model_token_counts
+from cft_rl.verify.rewards import build_reward_funcs, tolerant_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

@@ -181,8 +181,9 @@ def _length_reward(completions, **kwargs):
 def test_grpo_writes_monitor_and_probe_scalars_to_tensorboard(tmp_path, toy_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from cft_rl.grpo.run import GRPORunConfig, tolerant_reward, train_grpo
+    from cft_rl.grpo.run import GRPORunConfig, train_grpo
     from cft_rl.toy.build import load_toy
+    from cft_rl.verify.rewards import tolerant_reward
 
     model, tokenizer, data = load_toy(toy_dir)
     run = {**QUIET_CPU_RUN, "report_to": ["tensorboard"]}

@@ -8,7 +8,7 @@ The RL stage. Everything is TRL's ``GRPOTrainer`` and ``GRPOConfig``; this modul
 - the policy from a warm-start directory (:func:`load_warm_start`): a full model, or a LoRA adapter
   that is merged into its base model or kept as the trainable adapter (``adapter_mode``);
 - rewards by name (``math_reward``, ``format_reward``) or dotted import path, each wrapped by
-  :func:`tolerant_reward`, so a reward that raises or returns NaN for one completion scores only that
+  :func:`cft_rl.verify.rewards.tolerant_reward`, so a reward that raises or returns NaN for one completion scores only that
   completion as failed (counted in ``rewards/<name>/frac_failed``) and training goes on;
 - the monitors of :mod:`cft_rl.grpo.trainer` and the fixed probe set.
 
@@ -28,23 +28,22 @@ from trl import GRPOConfig
 from cft_rl.cpu import cpu_float_math
 from cft_rl.data.datasets import load_math_dataset
 from cft_rl.grpo.metrics import MonitorConfig
-from cft_rl.grpo.trainer import MonitoredGRPOTrainer, Probe, build_reward_funcs, tolerant_reward
+from cft_rl.grpo.trainer import MonitoredGRPOTrainer, Probe
 from cft_rl.models import load_model, load_tokenizer, model_init_kwargs, resolve_model
 from cft_rl.resume import OutputDirArguments, end_processes, prepare_output_dir
+from cft_rl.verify.rewards import build_reward_funcs
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "GRPORunConfig",
     "MonitoredGRPOTrainer",
-    "build_reward_funcs",
     "build_trainer",
     "load_tokenizer",
     "load_warm_start",
     "main",
     "make_probe",
     "run_cli",
-    "tolerant_reward",
     "train_grpo",
 ]
 

@@ -1,6 +1,7 @@
 """The verifier and the TRL reward functions: ``from cft_rl.verify import math_reward, verify, check``.
 
-``guard`` runs each verification in a worker process with a hard time limit; ``verifier`` grades.
+``guard`` runs each verification in a worker process with a hard time limit; ``verifier`` grades;
+``rewards`` makes any reward function safe for a trainer (a bad completion scores None, never raises).
 """
 
 from cft_rl import lazy_exports
@@ -22,5 +23,6 @@ _EXPORTS = {
         "warmup",
     )
 }
+_EXPORTS |= {name: "cft_rl.verify.rewards" for name in ("build_reward_funcs", "tolerant_reward")}
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)
