@@ -61,6 +61,8 @@ VALID = {
     "num_shards": "2",
     "shard_index": "0",  # with num_shards 1 (its default): the only valid index, yet not the default None
     "collapse_fraction": "0.25",
+    "interval": "bootstrap",
+    "smooth": "0.5",
     "vllm_gpu_memory_utilization": "0.5",
 }
 

@@ -9,16 +9,13 @@ import pytest
 
 from cft_rl.compare.analysis import (
     CompareConfig,
-    aggregate,
     build_report,
-    curve_stats,
     default_label,
-    entropy_collapse,
     find_trainer_state,
-    fit_entropy_reward,
     load_runs,
     select_metrics,
 )
+from cft_rl.compare.curves import aggregate, curve_stats, entropy_collapse, fit_entropy_reward
 
 
 def write_run(folder, entries, checkpoint=None, global_step=None):
@@ -242,3 +239,71 @@ def test_html_report_loads_in_headless_chromium(runs, tmp_path):
         browser.close()
     assert errors == []
     assert (out / "report.png").stat().st_size > 10000
+
+
+# --- effects against the baseline: a planted collapse is seen, a replica is not --------------------
+
+
+@pytest.fixture
+def arms(tmp_path):
+    """Three labels x 4 seeds: ``full`` (the baseline), ``replica`` (the same process, other seeds: a
+    negative control) and ``collapse`` (probe entropy planted 0.3 nats lower: a positive control)."""
+    rng = np.random.default_rng(0)
+    dirs = []
+    for label, shift in (("full", 0.0), ("replica", 0.0), ("collapse", -0.3)):
+        for seed in range(4):
+            entropy = 1.0 + shift + rng.normal(0, 0.02, 3)
+            dirs.append(
+                write_run(
+                    tmp_path / f"{label}-seed{seed}",
+                    history([10, 20, 30], **{"probe/entropy": entropy.tolist(), "reward": [0.2, 0.3, 0.4]}),
+                )
+            )
+    return [str(d) for d in dirs]
+
+
+def test_a_planted_collapse_is_significant_and_a_replica_is_not(arms, tmp_path):
+    from cft_rl.compare.report import verdicts, write_report
+
+    config = CompareConfig(runs=arms, out=str(tmp_path / "report"), metrics=["probe/entropy", "reward"])
+    report = build_report(config)
+    assert report.baseline == "full"  # the default baseline, by name
+    effect = {(r["arm"], r["metric"], r["measure"]): r for r in report.effects}
+    collapse = effect["collapse", "probe/entropy", "final"]
+    assert (
+        collapse["significant"] and collapse["high"] < 0 and collapse["diff"] == pytest.approx(-0.3, abs=0.05)
+    )
+    assert not effect["replica", "probe/entropy", "final"]["significant"]
+    assert not effect["replica", "probe/entropy", "auc"]["significant"]
+    assert effect["collapse", "reward", "final"]["note"] == "no spread across seeds in either arm"
+    lines = verdicts(report)
+    assert lines["collapse"].startswith("collapse vs full: probe/entropy -0.") and " *" in lines["collapse"]
+    assert "*" not in lines["replica"].split("reward")[0]  # probe entropy: no star for the replica
+    out = write_report(report, config)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"] == "full" and summary["verdicts"] == lines
+    assert len(summary["effects"]) == 2 * 2 * 2  # 2 arms x 2 metrics x (final, AUC)
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Verdict") < markdown.index("## Final, peak")
+    html = (out / "report.html").read_text()
+    assert html.index("Verdict") < html.index("<h2>Curves</h2>")  # the headline comes first
+
+
+def test_an_unknown_baseline_is_named_and_without_one_there_is_no_verdict(arms, tmp_path):
+    with pytest.raises(ValueError, match="baseline 'sft' is not a label of these runs"):
+        build_report(CompareConfig(runs=arms, baseline="sft", out=str(tmp_path / "o")))
+    no_full = [r for r in arms if "full-" not in r]
+    report = build_report(CompareConfig(runs=no_full, out=str(tmp_path / "o")))
+    assert report.effects == [] and any("no baseline label" in n for n in report.notes)
+    chosen = build_report(CompareConfig(runs=no_full, baseline="replica", out=str(tmp_path / "o")))
+    assert {r["arm"] for r in chosen.effects} == {"collapse"}
+
+
+def test_smoothing_changes_the_plotted_curve_not_the_statistics(arms, tmp_path):
+    raw = build_report(CompareConfig(runs=arms, out=str(tmp_path / "o"), metrics=["probe/entropy"]))
+    smooth = build_report(
+        CompareConfig(runs=arms, out=str(tmp_path / "o"), metrics=["probe/entropy"], smooth=0.9)
+    )
+    assert smooth.stats == raw.stats and smooth.effects == raw.effects
+    a, b = raw.curves["probe/entropy"][0], smooth.curves["probe/entropy"][0]
+    assert a.mean[0] == pytest.approx(b.mean[0]) and not np.allclose(a.mean[1:], b.mean[1:])

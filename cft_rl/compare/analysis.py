@@ -25,6 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
+from cft_rl.compare.curves import (
+    Curve,
+    aggregate,
+    arm_effects,
+    entropy_collapse,
+    fit_entropy_reward,
+    label_stats,
+    smoothed,
+)
+from cft_rl.compare.effects import METHODS
+
 # Metrics compared when none are named (patterns; those matching no run are left out quietly).
 DEFAULT_METRICS = (
     "entropy",
@@ -38,8 +49,6 @@ DEFAULT_METRICS = (
     "entropy/word",
     "entropy/format",
 )
-# Two-sided 95% Student t quantiles by degrees of freedom (no scipy); 1.96 beyond the table.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145)
 
 
 @dataclass
@@ -145,100 +154,6 @@ def _natural(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-# --- curves and their statistics -------------------------------------------------------------------
-
-
-@dataclass
-class Curve:
-    """One label's aggregate of one metric: mean and band on a step grid, and the seeds' own series."""
-
-    label: str
-    steps: np.ndarray
-    mean: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    seeds: list[tuple[np.ndarray, np.ndarray]]
-
-
-def aggregate(label: str, seeds: list[tuple[np.ndarray, np.ndarray]], band: str = "minmax") -> Curve:
-    """Mean over seeds on the union of their steps, with a ``band``: "minmax", "ci" (95%, t) or "none".
-
-    Each seed is linearly interpolated onto the grid within its own step range and absent outside it,
-    so seeds logging every 5 and every 10 steps align, and a seed that stopped early drops out of the
-    mean after its last step instead of being extrapolated.
-    """
-    if band not in ("minmax", "ci", "none"):
-        raise ValueError(f"band must be minmax, ci or none; got {band!r}")
-    seeds = [(s, v) for s, v in seeds if len(s)]
-    grid = np.unique(np.concatenate([s for s, _ in seeds])) if seeds else np.array([])
-    table = np.full((len(seeds), len(grid)), np.nan)
-    for i, (s, v) in enumerate(seeds):
-        inside = (grid >= s[0]) & (grid <= s[-1])
-        table[i, inside] = np.interp(grid[inside], s, v)
-    count = (~np.isnan(table)).sum(0)
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(table, 0) if seeds else grid
-        if band == "minmax":
-            low, high = np.nanmin(table, 0), np.nanmax(table, 0)
-        elif band == "ci":
-            t = np.array([_T95[c - 2] if 2 <= c <= len(_T95) + 1 else 1.96 for c in count])
-            half = t * np.nanstd(table, 0, ddof=1) / np.sqrt(np.maximum(count, 1))
-            low, high = np.where(count > 1, mean - half, np.nan), np.where(count > 1, mean + half, np.nan)
-        else:
-            low = high = np.full(len(grid), np.nan)
-    return Curve(label, grid, mean, low, high, seeds)
-
-
-def curve_stats(steps: np.ndarray, values: np.ndarray) -> dict[str, float]:
-    """final (last logged value), peak (max) and AUC: the trapezoid area over the logged steps divided
-    by their span, i.e. the step-weighted mean (comparable between runs of different lengths)."""
-    span = steps[-1] - steps[0]
-    area = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps)))
-    return {
-        "final": float(values[-1]),
-        "peak": float(values.max()),
-        "auc": area / span if span else float(values[0]),
-    }
-
-
-def label_stats(curve: Curve) -> dict[str, float]:
-    """:func:`curve_stats` of each seed, averaged over the label's seeds."""
-    per_seed = [curve_stats(s, v) for s, v in curve.seeds]
-    return {k: float(np.mean([p[k] for p in per_seed])) for k in ("final", "peak", "auc")} | {
-        "seeds": len(per_seed)
-    }
-
-
-def entropy_collapse(steps: np.ndarray, values: np.ndarray, fraction: float) -> float | None:
-    """The first step where ``values`` falls below ``fraction`` of its first value; None if never."""
-    if not len(values) or values[0] <= 0:
-        return None
-    below = np.nonzero(values < fraction * values[0])[0]
-    return float(steps[below[0]]) if len(below) else None
-
-
-def fit_entropy_reward(entropy: Sequence[float], reward: Sequence[float]) -> dict:
-    """Least-squares fit of R = -a exp(H) + b (linear in exp(H) and 1).
-
-    Returns a, b, the implied ceiling b - a (R at H = 0: no entropy left to trade), R², the count of
-    points and ``degenerate``: None, or why there is no fit (too few points, entropy or reward
-    constant: R² would be 0 / 0), with a, b, ceiling and R² None.
-    """
-    h, r = np.asarray(entropy, float), np.asarray(reward, float)
-    fit = {"a": None, "b": None, "ceiling": None, "r2": None, "points": len(h), "degenerate": None}
-    if len(h) < 3:
-        return fit | {"degenerate": f"too few points ({len(h)}, need 3)"}
-    if np.ptp(np.exp(h)) == 0:
-        return fit | {"degenerate": "entropy constant"}
-    if np.ptp(r) == 0:
-        return fit | {"degenerate": "reward constant"}
-    x = np.stack([np.exp(h), np.ones_like(h)], axis=1)
-    (slope, b), *_ = np.linalg.lstsq(x, r, rcond=None)
-    residual = float(np.sum((r - x @ np.array([slope, b])) ** 2))
-    total = float(np.sum((r - r.mean()) ** 2))
-    return fit | {"a": float(-slope), "b": float(b), "ceiling": float(b + slope), "r2": 1 - residual / total}
-
-
 # --- the comparison --------------------------------------------------------------------------------
 
 
@@ -256,6 +171,12 @@ class CompareConfig:
             below this fraction of its first logged value.
         fit: fit R = -a exp(H) + b per label on (entropy_metric, reward_metric) pairs of the same step.
         entropy_metric / reward_metric: the metrics the fit pairs.
+        baseline: the label every other label is compared with: the difference of the means over
+            seeds of each metric's final value and AUC, with a 95% interval (default: "full" when a
+            label has that name; no comparison without a baseline).
+        interval: "t" (Welch) or "bootstrap" (percentile, 10,000 resamples).
+        smooth: TensorBoard's EMA weight for the plotted curves, in [0, 1) (0: raw). The statistics,
+            effects and verdicts always use the raw values.
     """
 
     runs: list[str]
@@ -268,10 +189,17 @@ class CompareConfig:
     fit: bool = False
     entropy_metric: str = "entropy"
     reward_metric: str = "reward"
+    baseline: str | None = None
+    interval: str = "t"
+    smooth: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.collapse_fraction < 1:
             raise ValueError(f"collapse_fraction must lie in (0, 1); got {self.collapse_fraction}")
+        if self.interval not in METHODS:
+            raise ValueError(f"interval must be one of {METHODS}; got {self.interval!r}")
+        if not 0 <= self.smooth < 1:
+            raise ValueError(f"smooth is an EMA weight in [0, 1); got {self.smooth}")
 
 
 @dataclass
@@ -285,6 +213,8 @@ class Report:
     collapse: list[dict]  # one row per run that logs collapse_metric
     fits: dict[str, dict]  # label -> fit (see fit_entropy_reward, "degenerate"); empty without --fit
     notes: list[str]
+    baseline: str | None = None  # the label the effects are measured against
+    effects: list[dict] = field(default_factory=list)  # see cft_rl.compare.curves.arm_effects
 
 
 def _by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -351,4 +281,18 @@ def build_report(config: CompareConfig) -> Report:
                 notes.append(
                     f"{label}: the fit explains little (R² {fit['r2']:.2f}); its ceiling means little"
                 )
-    return Report(runs, metrics, curves, stats, collapse, fits, notes)
+    baseline = _baseline(config, list(groups), notes)
+    effects = arm_effects(curves, baseline, config.interval) if baseline else []
+    if config.smooth:
+        curves = {m: [smoothed(c, config.smooth) for c in cs] for m, cs in curves.items()}
+    return Report(runs, metrics, curves, stats, collapse, fits, notes, baseline, effects)
+
+
+def _baseline(config: CompareConfig, labels: list[str], notes: list[str]) -> str | None:
+    """The label the others are compared with: ``config.baseline``, else "full" when present."""
+    if config.baseline is not None and config.baseline not in labels:
+        raise ValueError(f"baseline {config.baseline!r} is not a label of these runs; they are {labels}")
+    baseline = config.baseline or ("full" if "full" in labels else None)
+    if baseline is None and len(labels) > 1:
+        notes.append("no baseline label (set baseline): no effect sizes or verdicts")
+    return baseline

@@ -149,10 +149,13 @@ def ema(values: Sequence[float], weight: float) -> np.ndarray:
     """
     if not 0 <= weight < 1:
         raise ValueError(f"EMA weight must be in [0, 1); got {weight}")
-    out, last = np.empty(len(values)), 0.0
+    out, last, seen = np.empty(len(values)), 0.0, 0
     for i, value in enumerate(values):
-        last = last * weight + (1 - weight) * float(value)
-        out[i] = last / (1 - weight ** (i + 1))
+        if not math.isfinite(float(value)):  # a gap (no seed there) stays a gap, as in TensorBoard
+            out[i] = value
+            continue
+        last, seen = last * weight + (1 - weight) * float(value), seen + 1
+        out[i] = last / (1 - weight**seen)
     return out
 
 
