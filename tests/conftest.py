@@ -34,3 +34,29 @@ def two_cpu_processes():
 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     return launch + ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.fixture
+def grpo_config(tmp_path):
+    """A factory of few-second GRPO configs on the tiny toy: 2 prompts x G=4 per step, short
+    completions, quiet CPU settings, written to ``tmp_path/run``; keyword arguments override any field."""
+    from cft_rl.cpu import QUIET_CPU_RUN
+    from cft_rl.grpo.run import GRPORunConfig
+
+    def make(**overrides):
+        values = dict(
+            output_dir=str(tmp_path / "run"),
+            num_generations=4,
+            per_device_train_batch_size=8,
+            max_completion_length=24,
+            max_steps=2,
+            learning_rate=1e-3,
+            logging_steps=1,
+            **QUIET_CPU_RUN,
+            disable_tqdm=True,
+            log_completions=False,
+            seed=0,
+        )
+        return GRPORunConfig(**{**values, **overrides})
+
+    return make

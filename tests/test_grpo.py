@@ -11,32 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.grpo.metrics import group_metrics
-from cft_rl.grpo.run import GRPORunConfig, load_warm_start, make_probe
+from cft_rl.grpo.run import load_warm_start, make_probe
 from cft_rl.grpo.trainer import model_token_counts
 from cft_rl.verify.rewards import build_reward_funcs, tolerant_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-
-def _config(tmp_path, **overrides) -> GRPORunConfig:
-    """A few-second GRPO run on the tiny toy: 2 prompts x G=4 per step, short completions."""
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_completion_length=24,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        **QUIET_CPU_RUN,
-        disable_tqdm=True,
-        log_completions=False,
-        seed=0,
-    )
-    return GRPORunConfig(**{**values, **overrides})
 
 
 # --- failure-tolerant rewards ----------------------------------------------------------------------
@@ -109,16 +90,16 @@ def test_reward_funcs_by_name_and_dotted_path():
         ({"reward_funcs": []}, "reward_funcs"),
     ],
 )
-def test_bad_config_names_the_field(tmp_path, overrides, field):
+def test_bad_config_names_the_field(tmp_path, overrides, field, grpo_config):
     with pytest.raises(ValueError, match=field):
-        _config(tmp_path, **overrides)
+        grpo_config(**overrides)
 
 
-def test_probe_larger_than_its_data_names_probe_size(tmp_path, toy_dir):
+def test_probe_larger_than_its_data_names_probe_size(tmp_path, toy_dir, grpo_config):
     import datasets
 
     data = datasets.load_from_disk(str(toy_dir / "data"))["validation"]
-    config = _config(tmp_path, probe_steps=1, probe_size=len(data) + 1)
+    config = grpo_config(probe_steps=1, probe_size=len(data) + 1)
     with pytest.raises(ValueError, match="probe_size"):
         make_probe(config, data)
     with pytest.raises(ValueError, match="probe dataset"):
@@ -130,7 +111,7 @@ def test_warm_start_that_is_not_a_checkpoint(tmp_path):
         load_warm_start(tmp_path)
 
 
-def test_lora_warm_start_is_merged_or_kept_trainable(tmp_path, toy_dir):
+def test_lora_warm_start_is_merged_or_kept_trainable(tmp_path, toy_dir, grpo_config):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -145,7 +126,7 @@ def test_lora_warm_start_is_merged_or_kept_trainable(tmp_path, toy_dir):
         merged = load_warm_start(tmp_path / "adapter", "merge")
         assert not isinstance(merged, PeftModel)
         assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
-    config = _config(tmp_path, adapter_mode="train", max_steps=1, reward_funcs=["format_reward"])
+    config = grpo_config(adapter_mode="train", max_steps=1, reward_funcs=["format_reward"])
     import datasets
 
     train = datasets.load_from_disk(str(toy_dir / "data"))["train"]
@@ -158,12 +139,12 @@ def test_lora_warm_start_is_merged_or_kept_trainable(tmp_path, toy_dir):
     assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
 
 
-def test_trainable_parameters_train_only_what_they_match(tmp_path, toy_dir):
+def test_trainable_parameters_train_only_what_they_match(tmp_path, toy_dir, grpo_config):
     import datasets
 
     from cft_rl.grpo.run import build_trainer
 
-    config = _config(tmp_path, trainable_parameters=["*norm*"], max_steps=1, reward_funcs=["format_reward"])
+    config = grpo_config(trainable_parameters=["*norm*"], max_steps=1, reward_funcs=["format_reward"])
     train = datasets.load_from_disk(str(toy_dir / "data"))["train"]
     trainer = build_trainer(config, str(toy_dir), train)
     named = dict(trainer.model.named_parameters())
@@ -176,7 +157,7 @@ def test_trainable_parameters_train_only_what_they_match(tmp_path, toy_dir):
     trainer.train()
     assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
     with pytest.raises(ValueError, match=r"match no parameter; names look like"):
-        build_trainer(_config(tmp_path, trainable_parameters=["nothing.*"]), str(toy_dir), train)
+        build_trainer(grpo_config(trainable_parameters=["nothing.*"]), str(toy_dir), train)
 
 
 # --- end to end: monitors land in trainer_state.json --------------------------------------------------
@@ -187,13 +168,12 @@ def _length_reward(completions, **kwargs):
     return [(len(c[-1]["content"]) % 3) / 2 for c in completions]  # chat completions: message lists
 
 
-def test_monitors_and_probe_land_in_the_log_history(tmp_path, toy_dir):
+def test_monitors_and_probe_land_in_the_log_history(tmp_path, toy_dir, grpo_config):
     from cft_rl.grpo.run import train_grpo
     from cft_rl.toy.build import load_toy
 
     model, tokenizer, data = load_toy(toy_dir)
-    config = _config(
-        tmp_path,
+    config = grpo_config(
         log_completions=True,
         num_completions_to_print=0,
         probe_steps=2,
@@ -274,7 +254,7 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_after_a_crash_continues_the_log_history(tmp_path, toy_dir):
+def test_resume_after_a_crash_continues_the_log_history(tmp_path, toy_dir, grpo_config):
     from transformers import TrainerCallback
 
     from cft_rl.grpo.run import train_grpo
@@ -288,7 +268,7 @@ def test_resume_after_a_crash_continues_the_log_history(tmp_path, toy_dir):
     model, tokenizer, data = load_toy(toy_dir)
     overrides = dict(max_steps=4, save_strategy="steps", save_steps=2, probe_steps=2, probe_size=2)
     overrides |= dict(probe_num_samples=2, probe_ks=[1, 2], probe_maj_ks=[2])
-    config = _config(tmp_path, **overrides)
+    config = grpo_config(**overrides)
     funcs = [tolerant_reward(_length_reward)]
     kwargs = dict(probe_dataset=data["validation"], tokenizer=tokenizer, reward_funcs=funcs)
     with pytest.raises(_Crash):

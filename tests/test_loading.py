@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from cft_rl.cli import main as cli_main
-from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.models import ModelNotFoundError, load_tokenizer, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,26 +194,18 @@ def _spread_reward(completions, **kwargs):
 
 @pytest.mark.parametrize("adapter_mode, patterns", [("merge", None), ("merge", ["*norm*"]), ("train", None)])
 def test_grpo_from_a_lora_sft_folder_trains_two_steps(
-    adapter_mode, patterns, lora_sft_folder, toy_dir, tmp_path
+    adapter_mode, patterns, lora_sft_folder, toy_dir, grpo_config
 ):
     from peft import PeftModel
 
-    from cft_rl.grpo.run import GRPORunConfig, load_warm_start, train_grpo
+    from cft_rl.grpo.run import load_warm_start, train_grpo
 
-    config = GRPORunConfig(
-        output_dir=str(tmp_path / "run"),
+    config = grpo_config(
         adapter_mode=adapter_mode,
         trainable_parameters=patterns,
-        num_generations=4,
         per_device_train_batch_size=4,
         max_completion_length=8,
-        max_steps=2,
         learning_rate=1e-2,
-        logging_steps=1,
-        disable_tqdm=True,
-        log_completions=False,
-        seed=0,
-        **QUIET_CPU_RUN,
     )
     train = datasets.load_from_disk(str(toy_dir / "data"))["train"]
     trainer = train_grpo(config, str(lora_sft_folder), train, reward_funcs=[_spread_reward])

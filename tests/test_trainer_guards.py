@@ -178,31 +178,22 @@ def _length_reward(completions, **kwargs):
     return [(len(c[-1]["content"]) % 3) / 2 for c in completions]
 
 
-def test_grpo_writes_monitor_and_probe_scalars_to_tensorboard(tmp_path, toy_dir):
+def test_grpo_writes_monitor_and_probe_scalars_to_tensorboard(tmp_path, toy_dir, grpo_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from cft_rl.grpo.run import GRPORunConfig, train_grpo
+    from cft_rl.grpo.run import train_grpo
     from cft_rl.toy.build import load_toy
     from cft_rl.verify.rewards import tolerant_reward
 
     model, tokenizer, data = load_toy(toy_dir)
-    run = {**QUIET_CPU_RUN, "report_to": ["tensorboard"]}
-    config = GRPORunConfig(
-        output_dir=str(tmp_path / "run"),
-        num_generations=4,
-        per_device_train_batch_size=8,
+    config = grpo_config(
+        report_to=["tensorboard"],
         max_completion_length=16,
-        max_steps=2,
-        logging_steps=1,
-        **run,
-        disable_tqdm=True,
-        log_completions=False,
         probe_steps=2,
         probe_size=2,
         probe_num_samples=2,
         probe_ks=[1, 2],
         probe_maj_ks=[2],
-        seed=0,
     )
     funcs = [tolerant_reward(_length_reward)]
     train_grpo(
