@@ -34,6 +34,7 @@ import yaml
 from cft_rl.outputs import supersede as keep
 from cft_rl.outputs import write_json
 from cft_rl.pipeline.recipe import Recipe, RecipeError, Stage, plan
+from cft_rl.resume import checkpoints
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -127,13 +128,10 @@ def _last_checkpoint(folder: Path) -> list[str]:
     """``--resume_from_checkpoint`` flags for an interrupted trainer's last complete checkpoint.
 
     A kill can land while a checkpoint is being written; the trainer writes ``trainer_state.json``
-    after the weights and optimizer, so a checkpoint without it is skipped for the one before."""
-    steps = []
-    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
-        suffix = path.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
-            steps.append((int(suffix), path))
-    return ["--resume_from_checkpoint", str(max(steps)[1])] if steps else []
+    after the weights and optimizer, so a checkpoint without it is skipped for the one before (the rule
+    of :func:`cft_rl.resume.checkpoints`, which a standalone rerun follows too)."""
+    found = checkpoints(folder)
+    return ["--resume_from_checkpoint", str(found[-1][1])] if found else []
 
 
 def run_toy(stage: Stage, root: Path) -> dict:
