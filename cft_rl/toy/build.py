@@ -39,7 +39,7 @@ from cft_rl.toy.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, load_tokenizer, train
 logger = logging.getLogger(__name__)
 
 MANIFEST = "toy_manifest.json"
-BUILD_VERSION = 1  # bump when the build procedure changes what a given config produces
+BUILD_VERSION = 2  # bump when the build procedure changes what a given config produces
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ class ToyBuildConfig:
         vocab_size: BPE vocabulary, including 256 byte tokens and 3 special tokens.
         hidden_size / num_layers / num_heads / num_kv_heads / intermediate_size: the Qwen2 shape.
         steps / batch_size / learning_rate / warmup_steps: pretraining; cosine decay to 10%.
+        noise_prob: chance that pretraining swaps a word or format token of a solution for a random
+            word or format token, with no loss on the swapped token. The model learns to carry on after
+            an odd word, as web-trained models do; without it a tiny model derails after any perturbation,
+            and most of its tokens come out "critical". Digits and operators are never swapped: a wrong
+            number must still change the answer.
         threads: torch CPU threads (fixed, because results depend on the reduction order).
     """
 
@@ -74,6 +79,7 @@ class ToyBuildConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
+    noise_prob: float = 0.05
     threads: int = 2
 
     @classmethod
@@ -218,12 +224,40 @@ def _make_model(config: ToyBuildConfig, tokenizer):
     return model
 
 
-def _batches(tokenizer, corpus: list[tuple[str, str]], batch_size: int, seed: int):
-    """Length-bucketed batches of (input_ids, labels): labels only on solution tokens, -100 elsewhere."""
+def swap_tokens(ids, labels, swappable, prob: float, generator):
+    """Swap each label-carrying token whose id is ``swappable`` with chance ``prob`` for a random
+    swappable id, and drop the swapped positions from the loss; returns new ``(ids, labels)``.
+
+    ``swappable`` is a bool tensor over the vocabulary. The tokens after a swap keep their labels: that
+    is what teaches the model to continue the solution past an odd token.
+    """
+    pool = swappable.nonzero().squeeze(1)
+    eligible = (labels != -100) & swappable[ids]
+    hit = eligible & (torch.rand(ids.shape, generator=generator) < prob)
+    replacement = pool[torch.randint(len(pool), ids.shape, generator=generator)]
+    return torch.where(hit, replacement, ids), torch.where(hit, torch.full_like(labels, -100), labels)
+
+
+def _swappable(tokenizer) -> torch.Tensor:
+    """Word and format tokens, special tokens excluded: the tokens a solution may swap."""
+    from cft_rl.token_classes import ENTROPY_CLASSES, token_class_table
+
+    table = token_class_table(tokenizer)
+    swappable = table != ENTROPY_CLASSES.index("numeric")
+    swappable[tokenizer.all_special_ids] = False
+    return swappable
+
+
+def _batches(tokenizer, corpus: list[tuple[str, str]], config: ToyBuildConfig):
+    """Length-bucketed batches of (input_ids, labels): labels only on solution tokens, -100 elsewhere,
+    with ``config.noise_prob`` of the solution's word and format tokens swapped (:func:`swap_tokens`)."""
+    batch_size = config.batch_size
     prompts = tokenizer([p for p, _ in corpus], add_special_tokens=False)["input_ids"]
     completions = tokenizer([c for _, c in corpus], add_special_tokens=False)["input_ids"]
     rows = [(p + c, [-100] * len(p) + c) for p, c in zip(prompts, completions, strict=True)]
-    rng = random.Random(seed)
+    rng = random.Random(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    swappable = _swappable(tokenizer)
     while True:  # epochs: shuffle, sort within chunks of 50 batches to cut padding, shuffle the batches
         rng.shuffle(rows)
         chunk = batch_size * 50
@@ -238,6 +272,8 @@ def _batches(tokenizer, corpus: list[tuple[str, str]], batch_size: int, seed: in
             labels = torch.full((len(batch), width), -100)
             for k, (x, y) in enumerate(batch):
                 ids[k, : len(x)], labels[k, : len(y)] = torch.tensor(x), torch.tensor(y)
+            if config.noise_prob > 0:
+                ids, labels = swap_tokens(ids, labels, swappable, config.noise_prob, generator)
             yield ids, labels
 
 
@@ -252,7 +288,7 @@ def _pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: b
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.01
     )
     model.train()
-    batches = _batches(tokenizer, corpus, config.batch_size, config.seed)
+    batches = _batches(tokenizer, corpus, config)
     bar = tqdm(range(config.steps), desc="pretrain toy model", disable=not progress)
     for step in bar:
         warm = min(1.0, (step + 1) / config.warmup_steps)
