@@ -131,16 +131,28 @@ def is_built(out_dir: str | Path, config: ToyBuildConfig) -> bool:
     return manifest.is_file() and json.loads(manifest.read_text()).get("key") == config.key()
 
 
-def build_toy(out_dir: str | Path, config: ToyBuildConfig = ToyBuildConfig(), progress: bool = True) -> Path:
-    """Build (or reuse) the toy world in ``out_dir``; returns the folder."""
+def build_toy(
+    out_dir: str | Path, config: ToyBuildConfig = ToyBuildConfig(), progress: bool = True, rebuild: bool = False
+) -> Path:
+    """Build (or reuse) the toy world in ``out_dir``; returns the folder.
+
+    Settings that match an embedded build (:mod:`cft_rl.toy.presets`) copy it, unless ``rebuild``:
+    then the model is pretrained from scratch, as the embedded one was."""
+    from cft_rl.toy.presets import embedded_build
+
     out = Path(out_dir)
-    if is_built(out, config):
+    if is_built(out, config) and not rebuild:
         logger.info("toy world in %s is up to date (key %s)", out, config.key())
         return out
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FileExistsError(f"{out} exists and is not a toy build; choose an empty or new --out folder")
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)  # debris of a killed build
+    embedded = None if rebuild else embedded_build(config)
+    if embedded is not None:
+        logger.info("copying the embedded toy build %s (key %s)", embedded.name, config.key())
+        shutil.copytree(embedded, tmp)
+        return _replace(tmp, out)
     tmp.mkdir(parents=True)
     start = time.perf_counter()
     splits = generate_splits(
@@ -167,6 +179,11 @@ def build_toy(out_dir: str | Path, config: ToyBuildConfig = ToyBuildConfig(), pr
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return _replace(tmp, out)
+
+
+def _replace(tmp: Path, out: Path) -> Path:
+    """Move the finished build into place: a killed build never leaves a half-written ``out``."""
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -323,23 +340,29 @@ def load_toy(path: str | Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``cft-rl toy build --out DIR [--tiny] [--field value] [--set key=value ...]``: every
-    ``ToyBuildConfig`` field is a flag (``--task`` takes a YAML mapping); ``--tiny`` starts from the
-    seconds-long variant's settings instead of the defaults."""
+    """``cft-rl toy build --out DIR [--preset NAME] [--rebuild] [--field value] [--set key=value ...]``:
+    every ``ToyBuildConfig`` field is a flag (``--task`` takes a YAML mapping) on top of the preset's
+    settings (``default``; ``--tiny`` is ``--preset tiny``, the seconds-long variant the tests use)."""
     import sys
 
     import yaml
 
     from cft_rl.config_types import config_from_flags, config_parser, parse_flags, unknown_key
+    from cft_rl.toy.presets import PRESETS, preset
 
     argv = sys.argv[1:] if argv is None else list(argv)
     description = "build (or reuse) the toy task, tokenizer and base model in --out"
     parser = config_parser(ToyBuildConfig, "cft-rl toy build", description)
     parser.add_argument("--out", required=True, help="folder to build into; loads with from_pretrained(DIR)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings")
-    parser.add_argument("--tiny", action="store_true", help="the seconds-long variant used by the tests")
-    tiny = dataclasses.asdict(ToyBuildConfig.tiny()) if "--tiny" in argv else {}
-    args = parse_flags(parser, ToyBuildConfig, argv, base=tiny)
+    parser.add_argument("--preset", default="default", choices=list(PRESETS), help="settings to start from")
+    parser.add_argument("--tiny", action="store_true", help="same as --preset tiny")
+    parser.add_argument(
+        "--rebuild", action="store_true", help="pretrain from scratch even if an embedded build matches"
+    )
+    known, _ = parser.parse_known_args(argv)
+    base = dataclasses.asdict(preset("tiny" if known.tiny else known.preset))
+    args = parse_flags(parser, ToyBuildConfig, argv, base=base)
     for pair in args.set:
         key, sep, value = pair.partition("=")
         if not sep:
@@ -348,6 +371,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(problem)
         setattr(args, key, yaml.safe_load(value))
     config = config_from_flags(ToyBuildConfig, args)
-    out = build_toy(args.out, config)
+    out = build_toy(args.out, config, rebuild=args.rebuild)
     print(f"toy world ready in {out} (key {config.key()})")
     return 0

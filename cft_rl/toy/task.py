@@ -54,7 +54,9 @@ class ToyTaskConfig:
         max_operand: bought/given counts and per-box contents are drawn from ``[1, max_operand]``.
         max_factor: numbers of boxes/friends and multipliers are drawn from ``[2, max_factor]``.
         max_value: no intermediate result exceeds this (keeps numbers short for a tiny model).
-        distractor_prob: chance of each of up to two irrelevant sentences with numbers.
+        distractor_prob / max_distractors: chance of each of up to ``max_distractors`` irrelevant
+            sentences with numbers. They make a problem harder to read without making its solution
+            longer: difficulty that costs prompt tokens, which are cheap, not generated ones.
         reorder_prob / restate_prob: chance a solution computes independent products first, and
             chance it restates the running total after a step.
         intro_prob / reason_prob: chance a solution opens with a sentence of plan, and chance a step
@@ -71,6 +73,7 @@ class ToyTaskConfig:
     max_factor: int = 4
     max_value: int = 60
     distractor_prob: float = 0.3
+    max_distractors: int = 2
     reorder_prob: float = 0.5
     restate_prob: float = 0.2
     intro_prob: float = 0.8
@@ -192,7 +195,7 @@ def generate_problem(rng: random.Random, cfg: ToyTaskConfig) -> Problem:
             break
     name = rng.choice(NAMES)
     item = rng.choice(ITEMS)
-    distractors = tuple(_distractor(rng, name, item) for _ in range(2) if rng.random() < cfg.distractor_prob)
+    distractors = tuple(_distractor(rng, name, item) for _ in range(cfg.max_distractors) if rng.random() < cfg.distractor_prob)
     return Problem(name, item, rng.choice(CONTAINERS), rng.choice(FRIENDS), start, tuple(events), distractors)
 
 
