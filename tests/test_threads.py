@@ -1,14 +1,24 @@
-"""Torch threads fitted to the free cores (issue 17): the fit on hand numbers, and the load measured from
-made-up ``/proc/stat`` readings."""
+"""Torch threads fitted to the free cores (issue 17): the fit on hand numbers, the load measured from
+made-up ``/proc/stat`` readings, the recipe's ``threads`` key, and what the pipeline gives each stage."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import torch
 
 import cft_rl.cpu as cpu
+import cft_rl.pipeline.threads as threads
 from cft_rl.cpu import Load, fit_threads, measure_load, stat_jiffies
+from cft_rl.pipeline.recipe import Recipe, RecipeError, plan
+from cft_rl.pipeline.threads import launch_processes, stage_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "recipes" / "toy" / "pipeline_smoke.yaml"
+CPU_2PROC = ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
+
 
 # --- the fit and the measurement -------------------------------------------------------------------
 
@@ -89,3 +99,124 @@ def test_measure_load_falls_back_to_the_load_average(monkeypatch):
 def test_measure_load_on_this_machine_is_a_reading():
     load = measure_load(window=0.05)
     assert 1 <= load.cores <= (os.cpu_count() or 1) and load.busy >= 0.0
+
+
+# --- the recipe key --------------------------------------------------------------------------------
+
+
+def _recipe(tmp_path, *overrides) -> Recipe:
+    return Recipe.load(SMOKE, [f"output_dir={tmp_path}", *overrides])
+
+
+def test_threads_key_takes_auto_or_a_count(tmp_path):
+    assert _recipe(tmp_path).threads == "auto"  # the toy recipes fit their threads by default
+    assert _recipe(tmp_path, "threads=3").threads == 3
+    assert _recipe(tmp_path, "threads=null").threads is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("thread=auto", r"unknown key 'thread' in the recipe; did you mean 'threads'"),
+        ("threads=many", r"threads = 'many' \(str\) does not fit Recipe\.threads, which takes int \| 'auto'"),
+        ("threads=2.5", r"threads = 2\.5 \(float\) does not fit Recipe\.threads"),
+        ("threads=true", r"threads = True \(bool\) does not fit"),
+        ("threads=0", r"threads = 0: give a count of at least 1, or auto"),
+    ],
+)
+def test_a_bad_threads_key_errors_clearly(tmp_path, override, message):
+    with pytest.raises(RecipeError, match=message):
+        _recipe(tmp_path, override)
+
+
+def test_threads_change_no_stage_key(tmp_path):
+    # Results differ only in rounding across thread counts: changing it must not rerun finished stages.
+    keys = {s.name: s.key for s in plan(_recipe(tmp_path))}
+    assert {s.name: s.key for s in plan(_recipe(tmp_path, "threads=1"))} == keys
+
+
+# --- what each stage gets --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "launch, expected",
+    [
+        (None, 1),
+        ("python", 1),
+        ("accelerate launch --num_processes 4", 4),
+        ("accelerate launch --num_processes=3 --mixed_precision no", 3),
+        ("torchrun --nproc_per_node 8", 8),
+        (f"accelerate launch --config_file {CPU_2PROC}", 2),
+        ("accelerate launch --config_file /no/such/file.yaml", 1),
+    ],
+)
+def test_launch_processes(launch, expected):
+    assert launch_processes(launch) == expected
+
+
+@pytest.fixture
+def saved_threads():
+    """torch's thread count and the thread variables, as they were before the test."""
+    before = torch.get_num_threads(), {k: os.environ.get(k) for k in threads.THREAD_ENV}
+    yield before
+    torch.set_num_threads(before[0])
+
+
+def test_an_in_process_stage_gets_the_count_then_it_is_restored(saved_threads):
+    count = saved_threads[0] + 1  # differs from what torch had
+    with stage_threads(count, "grpo/full/seed0", "grpo", None) as chosen:
+        assert chosen == {"threads": count, "setting": count}
+        assert torch.get_num_threads() == count and os.environ["OMP_NUM_THREADS"] == str(count)
+    assert torch.get_num_threads() == saved_threads[0]
+    assert {k: os.environ.get(k) for k in threads.THREAD_ENV} == saved_threads[1]
+
+
+def test_a_launched_stage_splits_the_count_between_its_processes(saved_threads):
+    with stage_threads(5, "sft/full", "sft", f"accelerate launch --config_file {CPU_2PROC}") as chosen:
+        assert chosen["processes"] == 2 and chosen["threads_per_process"] == 2
+        assert os.environ["OMP_NUM_THREADS"] == "2" and os.environ["MKL_NUM_THREADS"] == "2"
+        assert torch.get_num_threads() == saved_threads[0]  # the subprocess reads the env; we are untouched
+    assert {k: os.environ.get(k) for k in threads.THREAD_ENV} == saved_threads[1]
+
+
+def test_auto_fits_the_measured_load_and_the_toy_build_keeps_its_own(monkeypatch, saved_threads):
+    monkeypatch.setattr(threads, "measure_load", lambda: Load(5, 1.04, "/proc/stat"))
+    with stage_threads("auto", "eval/base", "eval", None) as chosen:
+        assert chosen == {
+            "threads": 4,
+            "setting": "auto",
+            "cores": 5,
+            "busy": 1.04,
+            "measured_by": "/proc/stat",
+        }
+        assert torch.get_num_threads() == 4
+    for kind in ("toy", "compare"):  # the toy build fixes toy.threads; compare runs no torch
+        with stage_threads("auto", kind, kind, None) as chosen:
+            assert chosen is None and torch.get_num_threads() == saved_threads[0]
+    with stage_threads(None, "eval/base", "eval", None) as chosen:
+        assert chosen is None and torch.get_num_threads() == saved_threads[0]
+
+
+def test_the_pipeline_runs_each_stage_with_its_count_and_records_it(tmp_path, monkeypatch, saved_threads):
+    import cft_rl.pipeline.run as pipeline
+
+    monkeypatch.setattr(threads, "measure_load", lambda: Load(5, 1.0, "/proc/stat"))
+    seen = {}
+
+    def runner(stage, root):
+        seen[stage.name] = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+        return {}
+
+    monkeypatch.setattr(pipeline, "RUNNERS", dict.fromkeys(pipeline.RUNNERS, runner))
+    lines = []
+    recipe = _recipe(tmp_path)
+    pipeline.run_pipeline(recipe, echo=lines.append)
+    assert "torch threads of the annotate/sft/grpo/eval stages: auto" in lines[0]
+    for stage in plan(recipe):
+        manifest = pipeline.read_manifest(tmp_path, stage)
+        if stage.kind in ("toy", "compare"):
+            assert seen[stage.name][0] == saved_threads[0] and "threads" not in manifest, stage.name
+        else:
+            assert seen[stage.name] == (4, "4"), stage.name
+            assert manifest["threads"]["threads"] == 4 and manifest["threads"]["busy"] == 1.0
+    assert torch.get_num_threads() == saved_threads[0]
