@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline by design: the toy world needs no hub, and tests must never reach one.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test test-slow quality format demo toy bench-verifier bench-toy bench-annotate bench-sft bench-demo clean
+.PHONY: install test test-slow quality format demo toy bench-verifier bench-toy bench-annotate bench-sft bench-threads bench-demo clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench-annotate: toy
 
 bench-sft: toy
 	$(OFFLINE) $(BIN)/python scripts/bench_sft.py --model outputs/toy
+
+# Step time under contention: torch threads on every core against threads fitted to the free ones.
+bench-threads: $(STAMP)
+	$(OFFLINE) $(BIN)/python scripts/bench_threads.py
 
 bench-demo: demo
 	$(OFFLINE) $(BIN)/python scripts/bench_demo.py --pipeline outputs/pipeline/toy

@@ -85,6 +85,14 @@ def fits(value, annotation, from_text: bool) -> bool:
 
 
 def _describe(annotation) -> str:
+    """A type as a recipe's reader would write it: ``int | 'auto' | None``, not ``Union[...]``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_describe(arg) for arg in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if annotation is type(None):
+        return "None"
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")

@@ -30,13 +30,20 @@ def load_manifests(root: Path) -> list[dict]:
 
 def time_table(manifests: list[dict]) -> tuple[str, float]:
     by_kind: dict[str, list[float]] = defaultdict(list)
+    threads: dict[str, set[int]] = defaultdict(set)  # the counts `threads:` gave the stages (if set)
     for m in manifests:
         by_kind[m["kind"]].append(m["seconds"])
+        if m.get("threads"):
+            threads[m["kind"]].add(m["threads"]["threads"])
     order = ["toy", "annotate", "sft", "grpo", "eval", "compare"]
-    rows = [[k, len(by_kind[k]), f"{sum(by_kind[k]):.0f}"] for k in order if k in by_kind]
+    rows = [
+        [k, len(by_kind[k]), f"{sum(by_kind[k]):.0f}", "/".join(map(str, sorted(threads[k]))) or "-"]
+        for k in order
+        if k in by_kind
+    ]
     total = sum(sum(v) for v in by_kind.values())
-    rows.append(["**total**", len(manifests), f"**{total:.0f}** ({total / 60:.1f} min)"])
-    return markdown_table(["stage kind", "stages", "seconds"], rows), total
+    rows.append(["**total**", len(manifests), f"**{total:.0f}** ({total / 60:.1f} min)", ""])
+    return markdown_table(["stage kind", "stages", "seconds", "torch threads"], rows), total
 
 
 def reward_table(manifests: list[dict]) -> str:

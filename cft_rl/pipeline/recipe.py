@@ -7,6 +7,7 @@ A recipe has a few top-level settings and one section per stage kind::
     model_name_or_path: Qwen/...      # the base model (default: the toy build)
     dataset_name: gsm8k_train         # annotation and RL prompts (default: the toy build's data)
     launch: accelerate launch ...     # optional: run annotate/sft/grpo jobs under this launcher
+    threads: auto                     # optional: torch CPU threads per stage, or auto (free cores)
     annotate: {...}                   # AnnotateConfig fields
     sft: {arms: [full, critical], ...}   # SelectiveSFTConfig/ModelConfig fields shared by every arm
     grpo: {seeds: [0, 1, 2], ...}     # GRPORunConfig/ModelConfig fields shared by every arm and seed
@@ -26,11 +27,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 SECTIONS = ("toy", "annotate", "sft", "grpo", "eval", "compare")
-TOP_LEVEL = ("output_dir", "model_name_or_path", "dataset_name", "dataset_train_split", "launch", *SECTIONS)
+TOP_LEVEL = ("output_dir", "model_name_or_path", "dataset_name", "dataset_train_split", "launch")
+TOP_LEVEL += ("threads", *SECTIONS)
 REQUIRED_ARMS = ("full", "critical")
 # Keys the pipeline sets itself: each stage's paths, and the per-arm/per-seed fields.
 RESERVED = {
@@ -176,13 +179,22 @@ def _check_types(section: str | None, values: dict, where: str) -> None:
 
 @dataclass
 class Recipe:
-    """A checked recipe. Sections are plain dicts of the fields their config classes take."""
+    """A checked recipe. Sections are plain dicts of the fields their config classes take.
+
+    Parameters:
+        threads (`int`, `"auto"` or `None`, *optional*, defaults to `None`): torch CPU threads of the
+            annotate, sft, grpo and eval stages, their launcher's processes together. ``auto``: fitted to
+            the cores free when each stage starts (:mod:`cft_rl.pipeline.threads`), so that a busy
+            machine slows a stage gracefully rather than several times over. ``None``: torch's default
+            (every core). Not part of any stage key; recorded in each stage's manifest.
+    """
 
     output_dir: str
     model_name_or_path: str | None = None
     dataset_name: str | None = None
     dataset_train_split: str = "train"
     launch: str | None = None
+    threads: int | Literal["auto"] | None = None
     toy: dict | None = None
     annotate: dict = field(default_factory=dict)
     sft: dict = field(default_factory=dict)
@@ -197,6 +209,8 @@ class Recipe:
         _check_types(None, values, "")
         if not values.get("output_dir"):
             raise RecipeError("the recipe needs output_dir: the folder every stage writes under")
+        if isinstance(values.get("threads"), int) and values["threads"] < 1:
+            raise RecipeError(f"threads = {values['threads']}: give a count of at least 1, or auto")
         for section in SECTIONS:
             body = values.get(section)
             if body is None:

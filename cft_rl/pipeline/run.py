@@ -34,6 +34,7 @@ import yaml
 from cft_rl.outputs import supersede as keep
 from cft_rl.outputs import write_json
 from cft_rl.pipeline.recipe import Recipe, RecipeError, Stage, plan
+from cft_rl.pipeline.threads import stage_threads
 from cft_rl.resume import checkpoints
 
 logger = logging.getLogger(__name__)
@@ -207,11 +208,14 @@ class StageResult:
     outputs: dict | None = None
 
 
-def describe_plan(stages: list[Stage], states: dict[str, str], root: Path) -> str:
+def describe_plan(stages: list[Stage], states: dict[str, str], root: Path, threads=None) -> str:
     """The plan as a table: what each stage will do, its key and its folder."""
     verbs = {"done": "skip (done)", "resume": "resume", "rerun": "rerun (settings changed)", "new": "run"}
     width = max(len(s.name) for s in stages)
     lines = [f"pipeline in {root}: {len(stages)} stages"]
+    if threads is not None:
+        how = "fitted to the free cores as each starts" if threads == "auto" else "fixed"
+        lines[0] += f"; torch threads of the annotate/sft/grpo/eval stages: {threads} ({how})"
     for i, s in enumerate(stages, 1):
         how = f" via `{s.launch}`" if s.launch and s.kind in ("annotate", "sft", "grpo") else ""
         lines.append(f"  [{i:>2}] {s.name:<{width}}  {verbs[states[s.name]]:<25} key {s.key}{how}")
@@ -223,7 +227,7 @@ def run_pipeline(recipe: Recipe, dry_run: bool = False, echo=print) -> list[Stag
     root = Path(recipe.output_dir)
     stages = plan(recipe)
     states = {s.name: status(root, s) for s in stages}
-    echo(describe_plan(stages, states, root))
+    echo(describe_plan(stages, states, root, recipe.threads))
     if dry_run:
         return [StageResult(s.name, states[s.name]) for s in stages]
     results = []
@@ -237,8 +241,10 @@ def run_pipeline(recipe: Recipe, dry_run: bool = False, echo=print) -> list[Stag
             echo(f"{stage.name}: settings changed; the old folder moved to {supersede(root, stage)}")
         echo(f"\n==> [{i}/{len(stages)}] {stage.name} ({'resuming' if state == 'resume' else 'running'})")
         start = time.time()
-        write_manifest(root, stage, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        outputs = RUNNERS[stage.kind](stage, root)
+        with stage_threads(recipe.threads, stage.name, stage.kind, stage.launch) as threads:
+            extra = {"threads": threads} if threads else {}  # the count chosen: see cft_rl.pipeline.threads
+            write_manifest(root, stage, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+            outputs = RUNNERS[stage.kind](stage, root)
         seconds = time.time() - start
         write_manifest(
             root,
@@ -247,6 +253,7 @@ def run_pipeline(recipe: Recipe, dry_run: bool = False, echo=print) -> list[Stag
             seconds=round(seconds, 1),
             outputs=outputs,
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
         )
         echo(f"<== {stage.name} done in {seconds:.0f} s")
         results.append(StageResult(stage.name, state, seconds, outputs))
