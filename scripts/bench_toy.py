@@ -1,9 +1,20 @@
-"""Build the toy world from scratch and measure its base model.
+"""The toy world's base model over build seeds: is it in the paper's regime, and robustly so?
 
-Writes the `toy` section of docs/benchmarks.md: build time on this machine, greedy accuracy on the
-held-out test split, pass@8 and distinct solutions per prompt at T=1, and mean token entropy.
+Builds the toy once per ``--seeds`` seed (and seed ``--seeds[0]`` again with its pretraining steps
+scaled by each ``--steps-scale``, to show the build is away from an accuracy cliff), then measures each
+build: greedy accuracy on the train split (the prompts the annotator and GRPO use) and on the held-out
+test split; pass@1, pass@k, distinct completions and answers of k samples, and token entropy at T=1 on
+test; and the critical fraction, by token class, of the model's own correct greedy train solutions, as
+the pipeline's annotate stage marks them (its settings come from recipes/toy/pipeline.yaml).
 
-    python scripts/bench_toy.py [--out DIR] [--problems N] [--set key=value ...]
+Writes the `toy` section of docs/benchmarks.md: a table with a row per build, the mean and spread over
+seeds, and the acceptance checks of issue 17 computed from those figures.
+
+    python scripts/bench_toy.py [--seeds 0 1 2] [--steps-scale 0.9 1.1] [--out DIR] [--problems N]
+        [--annotate N] [--set key=json ...] [--tiny] [--json PATH] [--no-write]
+
+Builds go in ``DIR/seed{s}`` and ``DIR/seed{s}-steps{n}``, annotations in ``DIR/annotations``; both are
+reused when their settings match, so a rerun with more seeds only builds the new ones.
 """
 
 from __future__ import annotations
@@ -12,66 +23,320 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
-import time
+from pathlib import Path
+
+import yaml
 
 from cft_rl.reports import markdown_table, write_section
-from cft_rl.toy.build import ToyBuildConfig, build_toy, load_toy
+from cft_rl.toy.build import MANIFEST, ToyBuildConfig, build_toy, load_toy
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "pipeline.yaml"
+CLASSES = ("digit", "operator", "format", "word")
+# Issue 17's acceptance bounds.
+TRAIN_ACC_RANGE, MAX_SPREAD, MIN_PASS_GAIN, MIN_DISTINCT = (0.40, 0.75), 0.10, 0.15, 6.0
+MAX_CRITICAL, MAX_CRITICAL_WORD_FORMAT, MAX_STEPS_SHIFT = 0.20, 0.05, 0.05
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    fields = {f.name: f.type for f in dataclasses.fields(ToyBuildConfig)}
+    fields = {f.name for f in dataclasses.fields(ToyBuildConfig)}
     out = {}
     for pair in pairs:
-        key, _, value = pair.partition("=")
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=json, got {pair!r} (e.g. --set steps=800)")
         if key not in fields:
             raise SystemExit(f"unknown ToyBuildConfig field {key!r}; valid: {sorted(fields)}")
-        out[key] = json.loads(value)
+        if key == "seed":
+            raise SystemExit("set build seeds with --seeds, not --set seed=...")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(
+                f"--set {key}: {value!r} is not JSON ({exc}); quote strings: {key}='\"x\"'"
+            ) from exc
     return out
+
+
+def plan_builds(args) -> list[dict]:
+    """``{"name", "seed", "scale", "config"}`` of every build: one per seed, then the steps builds."""
+    base = dataclasses.asdict(ToyBuildConfig.tiny()) if args.tiny else {}
+    overrides = parse_overrides(args.set)
+    builds = []
+    if len(set(args.seeds)) < len(args.seeds):
+        raise SystemExit(f"--seeds lists a seed twice: {args.seeds}")
+    for seed in args.seeds:
+        config = ToyBuildConfig.from_dict({**base, **overrides, "seed": seed})
+        builds.append({"name": f"seed{seed}", "seed": seed, "scale": None, "config": config})
+    first = builds[0]["config"]
+    for scale in args.steps_scale:
+        steps = round(first.steps * scale)
+        config = dataclasses.replace(first, steps=steps)
+        builds.append(
+            {"name": f"seed{first.seed}-steps{steps}", "seed": first.seed, "scale": scale, "config": config}
+        )
+    return builds
+
+
+def build(folder: Path, config: ToyBuildConfig) -> dict:
+    """Build (or reuse) one toy; refuse to replace a build made with other settings. Returns its manifest."""
+    manifest = folder / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text()).get("key") != config.key():
+        raise SystemExit(
+            f"{folder} holds a toy build with other settings (not key {config.key()}): "
+            "pass another --out, or delete that folder to rebuild it"
+        )
+    build_toy(folder, config)
+    return json.loads(manifest.read_text())
+
+
+def measure(folder: Path, args) -> dict:
+    """Greedy accuracy on train and test, and the sampled metrics of ``args.samples`` at T=1 on test."""
+    from cft_rl.cpu import cpu_float_math
+    from cft_rl.eval.scoring import score_groups
+    from cft_rl.generation import generate
+
+    model, tokenizer, data = load_toy(folder)
+    split = {
+        name: data[name].select(range(min(args.problems, len(data[name])))) for name in ("train", "test")
+    }
+    out = {}
+    with cpu_float_math():
+        for name, rows in split.items():
+            groups = generate(model, tokenizer, rows["prompt"], max_new_tokens=args.max_new_tokens)
+            out[f"{name}_greedy"] = score_groups(groups, rows["answer"])[0]["accuracy"]
+        test = split["test"]
+        groups = generate(
+            model, tokenizer, test["prompt"], n=args.samples, temperature=1.0,
+            max_new_tokens=args.max_new_tokens, batch_size=8,
+        )  # fmt: skip
+    metrics, _ = score_groups(groups, test["answer"], ks=(1, args.samples))
+    out |= {
+        key: metrics.get(key) for key in ("pass@1", f"pass@{args.samples}", "distinct_answers", "entropy")
+    }
+    out["distinct_completions"] = sum(len({s.text for s in g}) for g in groups) / max(1, len(groups))
+    out["problems"] = {"train": len(split["train"]), "test": len(test)}
+    return out
+
+
+def annotation_settings(limit: int) -> dict:
+    """The pipeline's annotate settings (recipes/toy/pipeline.yaml), on the model's own solutions."""
+    from cft_rl.annotate.job import AnnotateConfig
+
+    section = yaml.safe_load(RECIPE.read_text()).get("annotate") or {}
+    fields = {f.name for f in dataclasses.fields(AnnotateConfig)}
+    return {k: v for k, v in section.items() if k in fields} | {"source": "self", "limit": limit}
+
+
+def annotate(folder: Path, key: str, out: Path, args) -> dict:
+    """The annotate job's summary for the first ``args.annotate`` train problems of one build.
+
+    The folder is named by the build's key and the limit, so a rebuilt model or another limit never
+    resumes (or trips over) annotations made with other settings.
+    """
+    from cft_rl.annotate.job import AnnotateConfig, run_annotation
+
+    job = out / "annotations" / f"{folder.name}-{key}-n{args.annotate}"
+    settings = annotation_settings(args.annotate)
+    config = AnnotateConfig(
+        model=str(folder), dataset=str(folder / "data"), out=str(job), split="train", **settings
+    )
+    run_annotation(config)
+    return {"settings": settings, **json.loads((job / "summary.json").read_text())}
+
+
+def critical_by_class(summary: dict) -> dict:
+    """Critical fraction overall and per token class (None where no token of the class was annotated)."""
+    by_class = summary.get("by_class", {})
+    fractions = {cls: by_class[cls]["fraction"] if cls in by_class else None for cls in CLASSES}
+    return {"overall": summary.get("critical_fraction"), **fractions}
+
+
+def run_builds(args) -> list[dict]:
+    results = []
+    out = Path(args.out)
+    for spec in plan_builds(args):
+        folder = out / spec["name"]
+        print(f"== {spec['name']}: build, measure, annotate ({folder})", file=sys.stderr, flush=True)
+        manifest = build(folder, spec["config"])
+        summary = annotate(folder, manifest["key"], out, args)
+        result = {k: v for k, v in spec.items() if k != "config"}
+        result |= {
+            "steps": spec["config"].steps,
+            "dir": str(folder),
+            "key": manifest["key"],
+            "build_seconds": manifest["build_seconds"],
+            "parameters": manifest["parameters"],
+            **measure(folder, args),
+            "annotated": summary["annotated"],
+            "critical": critical_by_class(summary),
+            "annotation": summary,
+        }
+        results.append(result)
+    return results
+
+
+COLUMN_KINDS = ["pct"] * 4 + ["num"] * 3 + ["int"] + ["pct"] * (1 + len(CLASSES))
+
+
+def column_values(r: dict, k: int) -> list:
+    """The measured numbers of one build, in table column order (kinds: :data:`COLUMN_KINDS`)."""
+    head = [r["train_greedy"], r["test_greedy"], r["pass@1"], r[f"pass@{k}"], r["distinct_completions"]]
+    return (
+        head
+        + [r["distinct_answers"], r["entropy"], r["annotated"], r["critical"]["overall"]]
+        + [r["critical"][c] for c in CLASSES]
+    )
+
+
+def _value(v, kind: str) -> str:
+    if v is None:
+        return "–"
+    if kind == "int":  # a count, or the mean of counts
+        return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+    return f"{v:.1%}" if kind == "pct" else f"{v:.2f}"
+
+
+def _difference(v, kind: str, signed: bool) -> str:
+    """A spread or a change: fractions in percentage points."""
+    if v is None:
+        return "–"
+    sign = "+" if signed else ""
+    if kind == "pct":
+        return f"{100 * v:{sign}.1f} pt"
+    return f"{v:{sign}.1f}" if kind == "int" else f"{v:{sign}.2f}"
+
+
+def _differences(values: list, signed: bool) -> list[str]:
+    return [_difference(v, kind, signed) for v, kind in zip(values, COLUMN_KINDS, strict=True)]
+
+
+def _defined(values) -> list:
+    return [v for v in values if v is not None]
+
+
+def table(results: list[dict], k: int) -> str:
+    """A row per build, then the mean and spread over the seed builds and each steps build's change."""
+    header = ["build", "seed", "steps", "greedy (train)", "greedy (test)", "pass@1", f"pass@{k}"]
+    header += [f"distinct/{k}", f"distinct answers/{k}", "entropy (nats)", "annotated solutions"]
+    header += ["critical", *(f"critical: {c}" for c in CLASSES)]
+    pairs = [(r, column_values(r, k)) for r in results]
+    rows = [[r["name"], r["seed"], r["steps"], *map(_value, v, COLUMN_KINDS)] for r, v in pairs]
+    seeds = [v for r, v in pairs if r["scale"] is None]
+    by_column = [_defined(column) for column in zip(*seeds, strict=True)]
+    means = [sum(d) / len(d) if d else None for d in by_column]
+    spreads = [max(d) - min(d) if d else None for d in by_column]
+    rows.append(["**mean over seeds**", "", "", *map(_value, means, COLUMN_KINDS)])
+    rows.append(["**spread (max−min) over seeds**", "", "", *_differences(spreads, signed=False)])
+    for r, v in pairs:
+        if r["scale"] is not None:
+            change = [None if a is None or b is None else a - b for a, b in zip(v, pairs[0][1], strict=True)]
+            label = f"**change: steps ×{r['scale']:g} vs {results[0]['name']}**"
+            rows.append([label, "", "", *_differences(change, signed=True)])
+    return markdown_table(header, rows)
+
+
+def _check(label: str, values: list, ok, show) -> dict:
+    """One acceptance check: every value measured and passing ``ok``; ``show`` states the figure."""
+    if not values or any(v is None for v in values):
+        return {"check": label, "pass": False, "measured": "not measured"}
+    return {"check": label, "pass": all(map(ok, values)), "measured": show(values)}
+
+
+def _highest(values: list) -> str:
+    return f"highest {max(values):.1%}"
+
+
+def acceptance(results: list[dict], k: int) -> list[dict]:
+    """Issue 17's checks, from the measurements: the seed builds, and the steps builds against the first."""
+    seeds = [r for r in results if r["scale"] is None]
+    lo, hi = TRAIN_ACC_RANGE
+    train = [r["train_greedy"] for r in seeds]
+    gains = [r[f"pass@{k}"] - r["pass@1"] for r in seeds]
+    distinct, min_distinct = [r["distinct_completions"] for r in seeds], MIN_DISTINCT * k / 8
+    checks = [
+        _check(f"train greedy accuracy in [{lo:.0%}, {hi:.0%}], every seed", train,
+               lambda a: lo <= a <= hi, lambda v: f"{min(v):.1%} to {max(v):.1%}"),
+        _check(f"train greedy accuracy spread over seeds ≤ {100 * MAX_SPREAD:.0f} pt", [max(train) - min(train)],
+               lambda s: s <= MAX_SPREAD + 1e-9, lambda v: f"{100 * v[0]:.1f} pt over {len(seeds)} seeds"),
+        _check(f"pass@{k} ≥ pass@1 + {MIN_PASS_GAIN:.2f}, every seed", gains,
+               lambda g: g >= MIN_PASS_GAIN, lambda v: f"smallest gain {min(v):+.3f}"),
+        _check(f"distinct completions ≥ {min_distinct:g}/{k}, every seed", distinct,
+               lambda d: d >= min_distinct, lambda v: f"lowest {min(v):.2f}/{k}"),
+    ]  # fmt: skip
+    bounds = {"overall": MAX_CRITICAL, "word": MAX_CRITICAL_WORD_FORMAT, "format": MAX_CRITICAL_WORD_FORMAT}
+    for cls, bound in bounds.items():
+        what = "critical fraction" if cls == "overall" else f"critical fraction of {cls} tokens"
+        fractions = [r["critical"][cls] for r in seeds]
+        checks.append(
+            _check(f"{what} ≤ {bound:.0%}, every seed", fractions, lambda f, b=bound: f <= b, _highest)
+        )
+    shifts = [r["train_greedy"] - results[0]["train_greedy"] for r in results if r["scale"] is not None]
+    label = (
+        f"steps builds: train greedy accuracy within {100 * MAX_STEPS_SHIFT:.0f} pt of {results[0]['name']}"
+    )
+    show = lambda v: ", ".join(f"{100 * s:+.1f} pt" for s in v)  # noqa: E731
+    checks.append(_check(label, shifts, lambda s: abs(s) <= MAX_STEPS_SHIFT + 1e-9, show))
+    return checks
+
+
+def render(results: list[dict], checks: list[dict], args) -> str:
+    k, first = args.samples, results[0]
+    settings = first["annotation"]["settings"]
+    problems = first["problems"]
+    times = ", ".join(f"{r['name']} {r['build_seconds']:.0f} s" for r in results)
+    intro = (
+        "## Toy world base model over build seeds\n\n"
+        f"Greedy accuracy on the first {problems['train']} train problems (the prompts the annotator and "
+        f"GRPO use) and the first {problems['test']} held-out test problems; pass@1, pass@{k}, distinct "
+        f"completions and distinct answers of {k} samples, and mean token entropy, at T=1 on those test "
+        f"problems; budget {args.max_new_tokens} tokens. The critical fractions are those of the model's "
+        f"own correct greedy solutions of the first {settings['limit']} train problems, annotated as the "
+        f"pipeline does (recipes/toy/pipeline.yaml: k={settings.get('num_alternatives')}, "
+        f"continuations of {settings.get('max_continuation_tokens')} tokens, fast engine; the annotator "
+        "decodes one prompt at a time, unbatched, so its count of solved problems need not match the "
+        "batched greedy accuracy exactly), by token class (`cft_rl.token_classes.token_class`). Mean and spread are over "
+        f"the seed builds; the steps builds rerun {first['name']} with scaled pretraining steps.\n\n"
+    )
+    check_rows = [[c["check"], c["measured"], "yes" if c["pass"] else "**no**"] for c in checks]
+    return (
+        intro
+        + table(results, k)
+        + f"\n\n{first['parameters'] / 1e6:.2f} M parameters. Build time (from scratch): {times}.\n\n"
+        + "Acceptance (issue 17):\n\n"
+        + markdown_table(["check", "measured", "pass"], check_rows)
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="build folder (default: a fresh temporary one)")
-    parser.add_argument("--problems", type=int, default=200, help="test problems to evaluate")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="build seeds")
+    # The steps builds show the seed build is away from an accuracy cliff; `--steps-scale` alone: none.
+    parser.add_argument(
+        "--steps-scale", type=float, nargs="*", default=[0.9, 1.1], help="steps builds of the first seed"
+    )
+    parser.add_argument(
+        "--out", default="outputs/bench_toy", help="folder of the builds (reused when present)"
+    )
+    parser.add_argument("--problems", type=int, default=200, help="train and test problems to evaluate")
     parser.add_argument("--samples", type=int, default=8, help="samples per problem at T=1")
+    parser.add_argument("--annotate", type=int, default=128, help="train problems tried by the annotator")
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget (the pipeline's)")
     parser.add_argument("--set", nargs="*", default=[], help="ToyBuildConfig overrides, key=json")
+    parser.add_argument(
+        "--tiny", action="store_true", help="start from ToyBuildConfig.tiny() (a quick check)"
+    )
+    parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
-    from cft_rl.eval.scoring import summarize
-    from cft_rl.generation import generate
-
-    config = ToyBuildConfig(**parse_overrides(args.set))
-    out = args.out or tempfile.mkdtemp(prefix="toy-bench-")
-    start = time.perf_counter()
-    build_toy(out, config)
-    build_s = time.perf_counter() - start
-    model, tokenizer, data = load_toy(out)
-    test = data["test"].select(range(min(args.problems, len(data["test"]))))
-    greedy = summarize(
-        generate(model, tokenizer, test["prompt"], n=1, temperature=0.0, max_new_tokens=200), test["answer"]
-    )
-    sampled = generate(
-        model, tokenizer, test["prompt"], n=args.samples, temperature=1.0, max_new_tokens=200, batch_size=8
-    )
-    t1 = summarize(sampled, test["answer"], ks=(1, args.samples))
-    params = sum(p.numel() for p in model.parameters())
-    rows = [
-        ["build time (from scratch)", f"{build_s:.0f} s"],
-        ["parameters", f"{params / 1e6:.2f} M"],
-        ["greedy accuracy (test)", f"{greedy['accuracy']:.1%}"],
-        [f"pass@1 / pass@{args.samples} at T=1", f"{t1['pass@1']:.1%} / {t1[f'pass@{args.samples}']:.1%}"],
-        [f"distinct solutions per prompt (of {args.samples}) at T=1", f"{t1['distinct_completions']:.2f}"],
-        ["mean token entropy at T=1", f"{t1['entropy']:.3f} nats"],
-        [
-            "mean completion length (greedy / T=1)",
-            f"{greedy['mean_length']:.0f} / {t1['mean_length']:.0f} tokens",
-        ],
-    ]
-    body = f"## Toy world base model\n\n{len(test)} held-out test problems.\n\n" + markdown_table(
-        ["measure", "value"], rows
-    )
+    if args.samples < 2:
+        parser.error("--samples must be at least 2: pass@1 and pass@k at T=1 need k > 1 samples")
+    results = run_builds(args)
+    checks = acceptance(results, args.samples)
+    body = render(results, checks, args)
     print(body)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"builds": results, "checks": checks}, indent=2) + "\n")
     if not args.no_write:
         command = "python " + " ".join(["scripts/bench_toy.py", *sys.argv[1:]])
         print("wrote", write_section("toy", body, command))
