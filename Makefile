@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline by design: the toy world needs no hub, and tests must never reach one.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test test-slow quality format demo toy bench-verifier bench-toy bench-annotate bench-sft bench-threads bench-demo clean
+.PHONY: install test test-slow quality format demo experiment toy bench-verifier bench-toy bench-annotate bench-sft bench-threads bench-demo clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ format: $(STAMP)
 # The whole two-phase experiment on the toy world (CPU, < 20 min on 2 cores); rerun to resume.
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/cft-rl pipeline recipes/toy/pipeline.yaml
+
+# The powered version with its controls: 7 arms x 5 GRPO seeds (about an hour on 2 cores); rerun to resume.
+experiment: $(STAMP)
+	$(OFFLINE) $(BIN)/cft-rl pipeline recipes/toy/experiment.yaml
 
 toy: $(STAMP)
 	$(OFFLINE) $(BIN)/cft-rl toy build --out outputs/toy

@@ -26,7 +26,7 @@ def _discover(*patterns: str) -> list[Path]:
 SFT_RECIPES = _discover("**/sft*.yaml", "**/sft/*.yaml")
 GRPO_RECIPES = _discover("**/grpo*.yaml", "**/grpo/*.yaml")
 ANNOTATE_RECIPES = _discover("**/annotate*.yaml")
-PIPELINE_RECIPES = _discover("**/pipeline*.yaml")
+PIPELINE_RECIPES = _discover("**/pipeline*.yaml", "**/experiment*.yaml")
 ACCELERATE_CONFIGS = _discover("accelerate_configs/*.yaml")
 MODEL_DIRS = sorted(p.parent for p in RECIPES.glob("*/pipeline.yaml") if p.parent.name != "toy")
 
