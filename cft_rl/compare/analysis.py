@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cft_rl.compare.config import CompareConfig
 from cft_rl.compare.curves import (
     Curve,
     aggregate,
@@ -32,9 +33,9 @@ from cft_rl.compare.curves import (
     entropy_collapse,
     fit_entropy_reward,
     label_stats,
+    natural_key,
     smoothed,
 )
-from cft_rl.compare.effects import METHODS
 
 # Metrics compared when none are named (patterns; those matching no run are left out quietly).
 DEFAULT_METRICS = (
@@ -138,7 +139,7 @@ def select_metrics(runs: Sequence[Run], patterns: Sequence[str] | None) -> list[
     available = sorted(set().union(*(r.metrics() for r in runs)))
     chosen: list[str] = []
     for pattern in patterns or DEFAULT_METRICS:
-        hits = sorted(fnmatch.filter(available, pattern), key=_natural)
+        hits = sorted(fnmatch.filter(available, pattern), key=natural_key)
         if not hits and patterns:
             raise ValueError(
                 f"no run logs a metric matching {pattern!r}; the runs log: {', '.join(available)}"
@@ -149,57 +150,7 @@ def select_metrics(runs: Sequence[Run], patterns: Sequence[str] | None) -> list[
     return chosen
 
 
-def _natural(name: str) -> list:
-    """pass@2 before pass@16: digits compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 # --- the comparison --------------------------------------------------------------------------------
-
-
-@dataclass
-class CompareConfig:
-    """Settings of ``cft-rl compare``.
-
-    Parameters:
-        runs: run folders (TRL output_dirs, ``trainer_state.json`` inside).
-        labels: one per run (default: the folder name without its seed).
-        metrics: fnmatch patterns of the metrics to compare (default :data:`DEFAULT_METRICS`).
-        out: report folder (figures/, report.html, report.md, report.json).
-        band: "minmax", "ci" or "none" around each label's mean over seeds.
-        collapse_metric / collapse_fraction: a run's entropy has collapsed when this metric falls
-            below this fraction of its first logged value.
-        fit: fit R = -a exp(H) + b per label on (entropy_metric, reward_metric) pairs of the same step.
-        entropy_metric / reward_metric: the metrics the fit pairs.
-        baseline: the label every other label is compared with: the difference of the means over
-            seeds of each metric's final value and AUC, with a 95% interval (default: "full" when a
-            label has that name; no comparison without a baseline).
-        interval: "t" (Welch) or "bootstrap" (percentile, 10,000 resamples).
-        smooth: TensorBoard's EMA weight for the plotted curves, in [0, 1) (0: raw). The statistics,
-            effects and verdicts always use the raw values.
-    """
-
-    runs: list[str]
-    labels: list[str] | None = None
-    metrics: list[str] | None = None
-    out: str = "outputs/compare"
-    band: str = "minmax"
-    collapse_metric: str = "entropy"
-    collapse_fraction: float = 0.5
-    fit: bool = False
-    entropy_metric: str = "entropy"
-    reward_metric: str = "reward"
-    baseline: str | None = None
-    interval: str = "t"
-    smooth: float = 0.0
-
-    def __post_init__(self):
-        if not 0 < self.collapse_fraction < 1:
-            raise ValueError(f"collapse_fraction must lie in (0, 1); got {self.collapse_fraction}")
-        if self.interval not in METHODS:
-            raise ValueError(f"interval must be one of {METHODS}; got {self.interval!r}")
-        if not 0 <= self.smooth < 1:
-            raise ValueError(f"smooth is an EMA weight in [0, 1); got {self.smooth}")
 
 
 @dataclass

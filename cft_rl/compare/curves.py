@@ -8,6 +8,7 @@ these; :mod:`cft_rl.compare.effects` holds the interval arithmetic.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,11 @@ from cft_rl.compare.effects import difference, ema, hedges_g
 
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy); 1.96 beyond the table.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145)
+
+
+def natural_key(name: str) -> list:
+    """Metric names in natural order: pass@2 before pass@16, digits compared as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 # --- curves and their statistics -------------------------------------------------------------------
