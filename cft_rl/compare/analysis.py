@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cft_rl.compare.config import CompareConfig
+from cft_rl.compare.controls import control_metrics, judge_control
 from cft_rl.compare.curves import (
     Curve,
     aggregate,
@@ -34,6 +35,7 @@ from cft_rl.compare.curves import (
     fit_entropy_reward,
     label_stats,
     natural_key,
+    rl_learning,
     smoothed,
 )
 
@@ -62,7 +64,16 @@ class Run:
     history: list[dict] = field(repr=False)
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of ``metric``, sorted by step; the last entry of a step wins, NaNs dropped."""
+        """(steps, values) of ``metric``, sorted by step; the last entry of a step wins, NaNs dropped.
+
+        The exploration gap ``probe/pass@k-pass@1``, unless logged as such, is derived: pass@k minus
+        pass@1 at the steps that log both."""
+        gap = _GAP.fullmatch(metric)
+        if gap and metric not in self.metrics(derived=False):
+            steps_k, k = self.series(f"probe/pass@{gap.group(1)}")
+            steps_1, one = self.series("probe/pass@1")
+            common, ik, i1 = np.intersect1d(steps_k, steps_1, return_indices=True)
+            return common, k[ik] - one[i1]
         by_step: dict[int, float] = {}
         for entry in self.history:
             value, step = entry.get(metric), entry.get("step")
@@ -72,8 +83,27 @@ class Run:
         steps = np.array(sorted(by_step), dtype=float)
         return steps, np.array([by_step[int(s)] for s in steps], dtype=float)
 
-    def metrics(self) -> set[str]:
-        return {k for e in self.history for k, v in e.items() if isinstance(v, int | float) and k != "step"}
+    def metrics(self, derived: bool = True) -> set[str]:
+        """The metrics the run logs, and (``derived``) the exploration gap it allows."""
+        logged = {k for e in self.history for k, v in e.items() if isinstance(v, int | float) and k != "step"}
+        gap = exploration_gap(logged) if derived else None
+        return logged | {gap} if gap else logged
+
+
+_PASS_AT = re.compile(r"probe/pass@(\d+)")
+_GAP = re.compile(r"probe/pass@(\d+)-pass@1")
+
+
+def exploration_gap(metrics: set[str]) -> str | None:
+    """``probe/pass@k-pass@1``, with k the largest probe pass@k in ``metrics`` (k > 1), or None.
+
+    The gap between what the policy finds in k samples and in one is what GRPO's sharpening trades
+    away: an arm that keeps exploring keeps it open. Compare derives it, so every run that logs the
+    probe's pass@1 and pass@k has it, whatever version of the trainer wrote the log.
+    """
+    ks = [int(m.group(1)) for name in metrics if (m := _PASS_AT.fullmatch(name))]
+    k = max(ks, default=1)
+    return f"probe/pass@{k}-pass@1" if k > 1 and "probe/pass@1" in metrics else None
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -166,6 +196,8 @@ class Report:
     notes: list[str]
     baseline: str | None = None  # the label the effects are measured against
     effects: list[dict] = field(default_factory=list)  # see cft_rl.compare.curves.arm_effects
+    controls: list[dict] = field(default_factory=list)  # see cft_rl.compare.controls.judge_control
+    learning: dict[str, dict[str, dict]] = field(default_factory=dict)  # see curves.rl_learning
 
 
 def _by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -183,8 +215,17 @@ def _paired(run: Run, x_metric: str, y_metric: str) -> tuple[np.ndarray, np.ndar
     return x[ix], y[iy]
 
 
+def _label_curves(metric: str, groups: dict[str, list[Run]], band: str) -> list[Curve]:
+    """One curve of ``metric`` per label, over the label's runs that log it."""
+    return [
+        aggregate(label, seeds, band)
+        for label, members in groups.items()
+        if (seeds := [s for s in (r.series(metric) for r in members) if len(s[0])])
+    ]
+
+
 def build_report(config: CompareConfig) -> Report:
-    """Load the runs and compute every curve, statistic, flag and fit (no files written)."""
+    """Load the runs and compute every curve, statistic, flag, fit and effect (no files written)."""
     runs = load_runs(config.runs, config.labels)
     metrics = select_metrics(runs, config.metrics)
     groups = _by_label(runs)
@@ -193,12 +234,21 @@ def build_report(config: CompareConfig) -> Report:
         missing = [str(r.path) for r in runs if not len(r.series(metric)[0])]
         if missing:
             notes.append(f"`{metric}` is missing in {', '.join(missing)}: plotted from the other runs")
-        curves[metric] = [
-            aggregate(label, seeds, config.band)
-            for label, members in groups.items()
-            if (seeds := [s for s in (r.series(metric) for r in members) if len(s[0])])
-        ]
+        curves[metric] = _label_curves(metric, groups, config.band)
         stats[metric] = {c.label: label_stats(c) for c in curves[metric]}
+    collapse = _collapse(runs, config, notes)
+    fits = _fits(groups, config, notes) if config.fit else {}
+    baseline = _baseline(config, list(groups), notes)
+    effects = arm_effects(curves, baseline, config.interval) if baseline else []
+    controls = _controls(config, groups, curves, baseline)
+    learning = rl_learning(curves, notes)
+    if config.smooth:
+        curves = {m: [smoothed(c, config.smooth) for c in cs] for m, cs in curves.items()}
+    return Report(runs, metrics, curves, stats, collapse, fits, notes, baseline, effects, controls, learning)
+
+
+def _collapse(runs: Sequence[Run], config: CompareConfig, notes: list[str]) -> list[dict]:
+    """Where each run's ``collapse_metric`` first falls below ``collapse_fraction`` of its start."""
     collapse = []
     for run in runs:
         steps, values = run.series(config.collapse_metric)
@@ -215,28 +265,53 @@ def build_report(config: CompareConfig) -> Report:
             )
         else:
             notes.append(f"{run.path} logs no `{config.collapse_metric}`: entropy collapse not checked")
+    return collapse
+
+
+def _fits(groups: dict[str, list[Run]], config: CompareConfig, notes: list[str]) -> dict[str, dict]:
+    """The entropy-reward fit of each label, over its runs' steps that log both metrics."""
     fits = {}
-    if config.fit:
-        for label, members in groups.items():
-            pairs = [_paired(r, config.entropy_metric, config.reward_metric) for r in members]
-            fits[label] = fit_entropy_reward(
-                np.concatenate([h for h, _ in pairs]), np.concatenate([r for _, r in pairs])
+    for label, members in groups.items():
+        pairs = [_paired(r, config.entropy_metric, config.reward_metric) for r in members]
+        fits[label] = fit = fit_entropy_reward(
+            np.concatenate([h for h, _ in pairs]), np.concatenate([r for _, r in pairs])
+        )
+        if fit["degenerate"] is not None:
+            notes.append(
+                f"{label}: degenerate: {fit['degenerate']} over the {fit['points']} steps that log both "
+                f"`{config.entropy_metric}` and `{config.reward_metric}`: no fit, no R²"
             )
-            fit = fits[label]
-            if fit["degenerate"] is not None:
-                notes.append(
-                    f"{label}: degenerate: {fit['degenerate']} over the {fit['points']} steps that log both "
-                    f"`{config.entropy_metric}` and `{config.reward_metric}`: no fit, no R²"
-                )
-            elif fit["r2"] < 0.5:
-                notes.append(
-                    f"{label}: the fit explains little (R² {fit['r2']:.2f}); its ceiling means little"
-                )
-    baseline = _baseline(config, list(groups), notes)
-    effects = arm_effects(curves, baseline, config.interval) if baseline else []
-    if config.smooth:
-        curves = {m: [smoothed(c, config.smooth) for c in cs] for m, cs in curves.items()}
-    return Report(runs, metrics, curves, stats, collapse, fits, notes, baseline, effects)
+        elif fit["r2"] < 0.5:
+            notes.append(f"{label}: the fit explains little (R² {fit['r2']:.2f}); its ceiling means little")
+    return fits
+
+
+def _controls(
+    config: CompareConfig, groups: dict[str, list[Run]], curves: dict[str, list[Curve]], baseline: str | None
+) -> list[dict]:
+    """Each control arm judged on :data:`CONTROL_METRICS`' final values against the baseline, from
+    the curves already built or, for a control metric not among the report's, its own."""
+    if not config.controls:
+        return []
+    for arm in config.controls:
+        if arm not in groups or arm == baseline:
+            what = "the baseline" if arm == baseline else "not a label of these runs"
+            raise ValueError(f"controls: arm {arm!r} is {what}; control arms are among {sorted(groups)}")
+    if baseline is None:
+        raise ValueError("controls are judged against a baseline: set baseline (or name an arm 'full')")
+    judged = []
+    for arm, expect in config.controls.items():
+        logged = set().union(*(r.metrics() for r in groups[arm] + groups[baseline]))
+        rows: dict[str, dict | None] = {}
+        for pattern, metric in control_metrics(logged).items():
+            if metric is None:  # logged by neither: the control cannot be judged on it
+                rows[pattern] = None
+                continue
+            by_label = curves.get(metric) or _label_curves(metric, groups, config.band)
+            effects = arm_effects({metric: by_label}, baseline, config.interval)
+            rows[metric] = next((r for r in effects if r["arm"] == arm and r["measure"] == "final"), None)
+        judged.append(judge_control(arm, expect, baseline, rows))
+    return judged
 
 
 def _baseline(config: CompareConfig, labels: list[str], notes: list[str]) -> str | None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 
-from cft_rl.compare.curves import natural_key
-from cft_rl.compare.effects import Interval, describe
+from cft_rl.compare.curves import natural_key, row_interval
+from cft_rl.compare.effects import describe
 
 EXPECTATIONS = {"differs": "positive control: must differ from", "same": "negative control: must match"}
 
@@ -51,10 +51,6 @@ def control_metrics(available: Iterable[str]) -> dict[str, str | None]:
     return {p: max(fnmatch.filter(available, p), key=natural_key, default=None) for p in CONTROL_METRICS}
 
 
-def _interval(row: dict) -> Interval:
-    return Interval(row["diff"], row["low"], row["high"], row["method"], row["note"])
-
-
 def judge_control(arm: str, expect: str, baseline: str, rows: Mapping[str, dict | None]) -> dict:
     """PASS or FAIL of one control, with the evidence: each control metric's final-value effect row
     (``rows``: metric -> row of :func:`cft_rl.compare.curves.arm_effects`, None where not logged).
@@ -74,7 +70,7 @@ def judge_control(arm: str, expect: str, baseline: str, rows: Mapping[str, dict 
         why += [f"separates on {', '.join(separated)}"] if separated else []
     status = "FAIL" if why else "PASS"
     evidence = "; ".join(
-        describe(_interval(r), m) if r is not None else f"{m} not logged" for m, r in rows.items()
+        describe(row_interval(r), m) if r is not None else f"{m} not logged" for m, r in rows.items()
     )
     line = f"**{status}** {arm} ({EXPECTATIONS[expect]} {baseline}): {evidence}"
     keep = ("diff", "low", "high", "significant", "note")
