@@ -5,12 +5,16 @@ folder or its latest ``checkpoint-*/``. Runs share a label (e.g. ``init=sft``, `
 label may have several seeds. For every chosen metric the report shows each label's mean over seeds
 with a min-max (or 95% CI) band, and a table of final, peak and area-under-curve values per label.
 It flags entropy collapse, and can fit R = -a exp(H) + b (arXiv 2505.22617) to each label to show the
-reward ceiling the entropy implies (R at H = 0: b - a).
+reward ceiling the entropy implies (R at H = 0: b - a). Against a baseline label it measures each
+arm's effects (:func:`cft_rl.compare.curves.arm_effects`), judges the controls
+(:mod:`cft_rl.compare.controls`) and, for every label, GRPO's rise over its lr-0 control
+(:func:`cft_rl.compare.curves.rl_learning`); the exploration gap ``probe/pass@k-pass@1`` is derived here.
 
 Imperfect runs are the norm: a run missing a metric is plotted where it has data and the report says
 so; runs logging at different steps are aligned on the step axis (interpolated onto the union of the
 label's steps, never extrapolated beyond a run's own first and last step). Plotting and HTML are in
-:mod:`cft_rl.compare.report`, the command in :mod:`cft_rl.compare.run`; this module is data only.
+:mod:`cft_rl.compare.report`, their text in :mod:`cft_rl.compare.summary`, the command in
+:mod:`cft_rl.compare.run`; this module is data only.
 """
 
 from __future__ import annotations
@@ -293,12 +297,13 @@ def _controls(
     the curves already built or, for a control metric not among the report's, its own."""
     if not config.controls:
         return []
+    if baseline is None:
+        raise ValueError("controls are judged against a baseline: set baseline (or name an arm 'full')")
     for arm in config.controls:
         if arm not in groups or arm == baseline:
             what = "the baseline" if arm == baseline else "not a label of these runs"
-            raise ValueError(f"controls: arm {arm!r} is {what}; control arms are among {sorted(groups)}")
-    if baseline is None:
-        raise ValueError("controls are judged against a baseline: set baseline (or name an arm 'full')")
+            others = sorted(set(groups) - {baseline})
+            raise ValueError(f"controls: arm {arm!r} is {what}; a control is one of {others}")
     judged = []
     for arm, expect in config.controls.items():
         logged = set().union(*(r.metrics() for r in groups[arm] + groups[baseline]))

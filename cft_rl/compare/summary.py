@@ -53,8 +53,10 @@ def power_lines(report: Report) -> dict[str, str]:
     and the baseline's would detect at 80% power (:func:`cft_rl.compare.effects.detectable_difference`)."""
     lines = {}
     for arm, rows in _headline(report).items():
-        n, m = rows[0]["seeds"], rows[0]["baseline_seeds"]
+        counts = {(r["seeds"], r["baseline_seeds"]) for r in rows}
+        (n, m), mixed = min(counts), len(counts) > 1  # a run missing a metric leaves it fewer seeds
         seeds = f"{n} seeds per arm" if n == m else f"{n} seeds of {arm} and {m} of {report.baseline}"
+        seeds = f"as few as {seeds}" if mixed else seeds
         known = [f"{r['mde']:.3g}{_unit(r['metric'])} in {r['metric']}" for r in rows if r["mde"] is not None]
         unknown = [f"{r['metric']} ({r['note'] or 'undefined'})" for r in rows if r["mde"] is None]
         line = f"{arm} vs {report.baseline}: with {seeds}, "
@@ -134,6 +136,7 @@ def verdict_markdown(report: Report, config: CompareConfig) -> str:
             r["measure"],
             describe(row_interval(r), "").strip(),
             fmt(r["hedges_g"]),
+            fmt(r["mde"]),
             f"{r['seeds']} / {r['baseline_seeds']}",
         ]
         for r in report.effects
@@ -149,8 +152,12 @@ def verdict_markdown(report: Report, config: CompareConfig) -> str:
             f"Differences of the means over seeds (arm - {report.baseline}) with 95% intervals "
             f"({'Welch t' if config.interval == 't' else 'percentile bootstrap'}); * marks an interval "
             f"that excludes 0. Seeds per arm: {', '.join(map(str, seeds))}. A difference smaller than half "
-            "an interval's width cannot be told from seed noise with this many seeds.\n",
-            markdown_table(["arm", "metric", "measure", "difference [95% CI]", "Hedges' g", "seeds"], rows),
+            "an interval's width cannot be told from seed noise with this many seeds; MDE is the smallest "
+            "true difference this many seeds would detect at 80% power (two-sided 5%, Welch t).\n",
+            markdown_table(
+                ["arm", "metric", "measure", "difference [95% CI]", "Hedges' g", "MDE (80% power)", "seeds"],
+                rows,
+            ),
             "",
         ]
     )
