@@ -135,14 +135,16 @@ def unknown_key(keys, valid, where: str = "", source: str = "the recipe") -> str
     return None
 
 
-_ENTRY = re.compile(r"(\w+(?:\s*[,/]\s*\w+)*):\s+(.*)")
+# ``name: text``, ``a / b: text`` or TRL's ``name (`type`, *optional*, defaults to `x`):`` + text below.
+_ENTRY = re.compile(r"(\w+(?:\s*[,/]\s*\w+)*)(?:\s+\(.*\))?:(?:\s+(.*))?")
 
 
 def field_help(cls: type) -> dict[str, str]:
     """``{field: its text}`` from the ``Parameters:`` (or ``Args:``) section of ``cls``'s docstring.
 
-    An entry is ``name: text`` (or ``a / b: text``, shared) one indent into the section; deeper
-    lines continue it. The docstring is the spec, so the flags' help is read from it, not retyped."""
+    An entry is ``name: text`` (or ``a / b: text``, shared) one indent into the section, or TRL's
+    ``name (`type`, *optional*, defaults to `x`):`` with its text below; deeper lines continue it.
+    The docstring is the spec, so the flags' help is read from it, not retyped."""
     lines = (inspect.getdoc(cls) or "").splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip() in ("Parameters:", "Args:")), None)
     found: dict[str, list[str]] = {}
@@ -155,7 +157,7 @@ def field_help(cls: type) -> dict[str, str]:
             break
         entry = _ENTRY.fullmatch(line.strip()) if indent == 4 else None
         if entry:
-            current = [entry.group(2)]
+            current = [entry.group(2)] if entry.group(2) else []
             found.update({name: current for name in re.split(r"\s*[,/]\s*", entry.group(1))})
         elif current is not None:
             current.append(line.strip())
@@ -180,8 +182,8 @@ def config_parser(cls: type, prog: str, description: str | None = None, position
         action.required = False
         action.help = action.help or helps.get(action.dest)
         kind = types_.get(action.dest, (None, None))[1]
-        if dataclasses.is_dataclass(kind):  # a nested section, e.g. toy --task '{max_operand: 20}'
-            action.type = yaml.safe_load
+        if dataclasses.is_dataclass(kind) or typing.get_origin(kind) is dict:
+            action.type = yaml.safe_load  # a nested section or a mapping: toy --task '{max_operand: 20}'
         if kind not in (bool, bool | None) or action.option_strings[:1] != [f"--{action.dest}"]:
             continue
         action.nargs, action.const = "?", True  # `--flag` alone means true; `--flag false` too

@@ -81,6 +81,8 @@ def _sample(name: str, kind, default) -> tuple[list[str], object]:
         return ["0.125"], 0.125
     if kind is str:
         return ["some-value"], "some-value"
+    if typing.get_origin(kind) is dict:  # a YAML mapping, e.g. --controls '{a: same}'
+        return ["{a: same}"], {"a": "same"}
     item = typing.get_args(kind)[0]  # list[int] / list[str]
     return (["1", "2"], [1, 2]) if item is int else (["x", "y"], ["x", "y"])
 

@@ -244,11 +244,27 @@ def test_html_report_loads_in_headless_chromium(runs, tmp_path):
 # --- effects against the baseline: a planted collapse is seen, a replica is not --------------------
 
 
+def planted_probe(rng, collapsed: bool) -> list[dict]:
+    """Probe entries at steps 0-30: the warm start's step-0 probe (the same for every seed and arm, as the
+    probe's fixed seed makes it), then pass@1 rising 0.02 a step-10; a collapsed arm has one distinct
+    answer fewer per prompt and an exploration gap pass@4 - pass@1 of 0.1 instead of 0.3."""
+    entries = [{"step": 0, "probe/entropy": 1.0, "probe/pass@1": 0.2, "probe/pass@4": 0.5}]
+    entries[0]["probe/distinct_answers"] = 3.0
+    for i, step in enumerate((10, 20, 30), start=1):
+        pass1 = 0.2 + 0.02 * i + rng.normal(0, 0.005)
+        gap = (0.1 if collapsed else 0.3) + rng.normal(0, 0.01)
+        distinct = (2.0 if collapsed else 3.0) + rng.normal(0, 0.05)
+        entries.append({"step": step, "probe/pass@1": pass1, "probe/pass@4": pass1 + gap})
+        entries[-1]["probe/distinct_answers"] = distinct
+    return entries
+
+
 @pytest.fixture
 def arms(tmp_path):
     """Three labels x 4 seeds: ``full`` (the baseline), ``replica`` (the same process, other seeds: a
-    negative control) and ``collapse`` (probe entropy planted 0.3 nats lower: a positive control)."""
-    rng = np.random.default_rng(0)
+    negative control) and ``collapse`` (probe entropy planted 0.3 nats lower, and fewer distinct answers
+    and a narrower exploration gap: a positive control)."""
+    rng, probe_rng = np.random.default_rng(0), np.random.default_rng(1)
     dirs = []
     for label, shift in (("full", 0.0), ("replica", 0.0), ("collapse", -0.3)):
         for seed in range(4):
@@ -256,14 +272,16 @@ def arms(tmp_path):
             dirs.append(
                 write_run(
                     tmp_path / f"{label}-seed{seed}",
-                    history([10, 20, 30], **{"probe/entropy": entropy.tolist(), "reward": [0.2, 0.3, 0.4]}),
+                    history([10, 20, 30], **{"probe/entropy": entropy.tolist(), "reward": [0.2, 0.3, 0.4]})
+                    + planted_probe(probe_rng, collapsed=label == "collapse"),
                 )
             )
     return [str(d) for d in dirs]
 
 
 def test_a_planted_collapse_is_significant_and_a_replica_is_not(arms, tmp_path):
-    from cft_rl.compare.report import verdicts, write_report
+    from cft_rl.compare.report import write_report
+    from cft_rl.compare.summary import verdicts
 
     config = CompareConfig(runs=arms, out=str(tmp_path / "report"), metrics=["probe/entropy", "reward"])
     report = build_report(config)
@@ -307,3 +325,201 @@ def test_smoothing_changes_the_plotted_curve_not_the_statistics(arms, tmp_path):
     assert smooth.stats == raw.stats and smooth.effects == raw.effects
     a, b = raw.curves["probe/entropy"][0], smooth.curves["probe/entropy"][0]
     assert a.mean[0] == pytest.approx(b.mean[0]) and not np.allclose(a.mean[1:], b.mean[1:])
+
+
+# --- the report answers: power, controls, the exploration gap, GRPO over its lr-0 control -------------
+
+
+def test_the_minimum_detectable_difference_is_reported_per_arm(tmp_path):
+    from cft_rl.compare.report import write_report
+
+    dirs = []
+    for label, finals in (("full", [4, 5, 6]), ("grpo", [1, 2, 3])):
+        for seed, final in enumerate(finals):
+            dirs.append(
+                str(write_run(tmp_path / f"{label}-seed{seed}", history([10, 20], reward=[0, final])))
+            )
+    config = CompareConfig(runs=dirs, out=str(tmp_path / "report"), metrics=["reward"])
+    report = build_report(config)
+    # sd 1 and 1 over 3 seeds each: (t(0.975, 4) + t(0.80, 4)) * sqrt(2/3) = (2.7764 + 0.9410) * 0.8165
+    final = next(r for r in report.effects if r["measure"] == "final")
+    assert final["mde"] == pytest.approx(3.0353, abs=1e-3)
+    out = write_report(report, config)
+    sentence = "grpo vs full: with 3 seeds per arm, this run could detect a difference of 3.04 in reward at 80% power"
+    assert sentence in (out / "report.md").read_text() and sentence in (out / "report.html").read_text()
+    power = json.loads((out / "summary.json").read_text())["power"]
+    assert power["mde"]["grpo"]["reward"] == pytest.approx(3.0353, abs=1e-3) and power["power"] == 0.8
+
+
+def test_the_exploration_gap_is_derived_from_the_probe_pass_at_k(arms, tmp_path):
+    from cft_rl.compare.analysis import exploration_gap
+
+    assert exploration_gap({"probe/pass@1", "probe/pass@2", "probe/pass@16"}) == "probe/pass@16-pass@1"
+    assert exploration_gap({"probe/pass@1"}) is None and exploration_gap({"probe/pass@8"}) is None
+    run = load_runs([arms[0]])[0]
+    steps, gap = run.series("probe/pass@4-pass@1")
+    _, k = run.series("probe/pass@4")
+    _, one = run.series("probe/pass@1")
+    assert steps.tolist() == [0, 10, 20, 30] and gap == pytest.approx(k - one)
+    assert gap[0] == pytest.approx(0.3)
+    report = build_report(CompareConfig(runs=arms, out=str(tmp_path / "o")))  # the default metrics
+    assert "probe/pass@4-pass@1" in report.metrics
+    effect = {(r["arm"], r["metric"], r["measure"]): r for r in report.effects}
+    planted = effect["collapse", "probe/pass@4-pass@1", "final"]
+    assert planted["significant"] and planted["diff"] == pytest.approx(-0.2, abs=0.03)
+    assert not effect["replica", "probe/pass@4-pass@1", "final"]["significant"]
+
+
+def test_controls_pass_on_the_planted_collapse_and_the_replica_and_fail_swapped(arms, tmp_path):
+    from cft_rl.compare.report import write_report
+
+    controls = {"collapse": "differs", "replica": "same"}
+    config = CompareConfig(runs=arms, out=str(tmp_path / "report"), metrics=["reward"], controls=controls)
+    report = build_report(config)  # the control metrics need not be among the report's
+    judged = {c["arm"]: c for c in report.controls}
+    assert {arm: c["status"] for arm, c in judged.items()} == {"collapse": "PASS", "replica": "PASS"}
+    assert list(judged["collapse"]["metrics"]) == [
+        "probe/entropy",
+        "probe/distinct_answers",
+        "probe/pass@4-pass@1",
+    ]
+    assert all(m["significant"] for m in judged["collapse"]["metrics"].values())
+    out = write_report(report, config)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["controls"]["collapse"]["status"] == "PASS" and summary["controls"]["replica"]["why"] == []
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Verdict") < markdown.index("## Controls") < markdown.index("## Final, peak")
+    assert "- **PASS** collapse (positive control: must differ from full): probe/entropy -0.3" in markdown
+    page = (out / "report.html").read_text()
+    assert page.index("Verdict") < page.index("<h2>Controls") < page.index("<h2>Curves</h2>")
+    assert "<strong>PASS</strong> replica" in page
+
+    swapped = build_report(
+        CompareConfig(runs=arms, out=str(tmp_path / "o"), controls={"collapse": "same", "replica": "differs"})
+    )
+    judged = {c["arm"]: c for c in swapped.controls}
+    assert {arm: c["status"] for arm, c in judged.items()} == {"collapse": "FAIL", "replica": "FAIL"}
+    assert judged["collapse"]["why"] == [
+        "separates on probe/entropy, probe/distinct_answers, probe/pass@4-pass@1"
+    ]
+    assert judged["replica"]["why"][0].startswith("does not separate on probe/entropy")
+
+
+def test_a_positive_control_must_separate_on_every_metric_and_a_missing_one_fails():
+    from cft_rl.compare.controls import judge_control
+
+    def row(diff, low, high):
+        return {
+            "diff": diff,
+            "low": low,
+            "high": high,
+            "method": "t",
+            "note": None,
+            "significant": low > 0 or high < 0,
+        }
+
+    rows = {"probe/entropy": row(-0.3, -0.4, -0.2), "probe/distinct_answers": row(-0.1, -0.3, 0.1)}
+    partial = judge_control("collapse", "differs", "full", rows)
+    assert partial["status"] == "FAIL" and partial["why"] == ["does not separate on probe/distinct_answers"]
+    assert judge_control("replica", "same", "full", rows)["why"] == ["separates on probe/entropy"]
+    both = judge_control(
+        "collapse", "differs", "full", {**rows, "probe/distinct_answers": row(-1, -1.2, -0.8)}
+    )
+    assert both["status"] == "PASS"
+    missing = judge_control(
+        "replica", "same", "full", {"probe/entropy": row(0, -0.1, 0.1), "probe/pass@*-pass@1": None}
+    )
+    assert missing["status"] == "FAIL" and missing["why"] == ["not logged: probe/pass@*-pass@1"]
+    undefined = {"probe/entropy": {**row(0, -1, 1), "low": None, "high": None, "significant": False}}
+    assert judge_control("replica", "same", "full", undefined)["why"] == ["no interval: probe/entropy"]
+
+
+def test_bad_controls_are_named_with_the_valid_values(arms, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"arm 'collapse' expects 'differ'; valid expectations are differs, same"
+    ):
+        CompareConfig(runs=arms, controls={"collapse": "differ"})
+    with pytest.raises(ValueError, match="controls must map arm labels"):
+        CompareConfig(runs=arms, controls="collapse=differs")
+    out = str(tmp_path / "o")
+    with pytest.raises(ValueError, match=r"arm 'colapse' is not a label of these runs"):
+        build_report(CompareConfig(runs=arms, out=out, controls={"colapse": "differs"}))
+    with pytest.raises(ValueError, match=r"arm 'full' is the baseline"):
+        build_report(CompareConfig(runs=arms, out=out, controls={"full": "same"}))
+    no_full = [r for r in arms if "full-" not in r]
+    with pytest.raises(ValueError, match="set baseline"):
+        build_report(CompareConfig(runs=no_full, out=out, controls={"collapse": "differs"}))
+
+
+def test_controls_flag_takes_a_yaml_mapping(arms, monkeypatch):
+    from cft_rl.compare import run as compare_run
+
+    seen = []
+    monkeypatch.setattr(compare_run, "build_report", lambda config: seen.append(config) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        compare_run.main([*arms, "--controls", "{collapse: differs, replica: same}"])
+    assert seen[0].controls == {"collapse": "differs", "replica": "same"}
+
+
+def test_rl_learning_is_each_seeds_rise_over_its_step_0_probe_by_hand():
+    from types import SimpleNamespace
+
+    from cft_rl.compare.curves import rl_learning
+    from cft_rl.compare.summary import learning_lines
+
+    def arr(*values):
+        return np.array(values, float)
+
+    grpo = aggregate("full", [(arr(0, 10), arr(0.2, 0.25)), (arr(0, 10), arr(0.3, 0.37))])
+    late = aggregate(
+        "late",
+        [
+            (arr(10, 20), arr(0.1, 0.2)),
+            (
+                arr(
+                    0,
+                ),
+                arr(
+                    0.5,
+                ),
+            ),
+        ],
+    )  # no step 0; one point
+    curves = {"probe/pass@1": [grpo, late], "probe/seconds": [grpo], "reward": [grpo]}
+    notes = []
+    learning = rl_learning(curves, notes)
+    assert set(learning) == {"full", "late"} and set(learning["full"]) == {"probe/pass@1"}
+    # rises 0.05 and 0.07: mean 0.06, sd 0.01414, SE 0.01, z 6; t(0.975, 1) = 12.7062
+    rise = learning["full"]["probe/pass@1"]
+    assert rise["mean"] == pytest.approx(0.06) and rise["se"] == pytest.approx(0.01) and rise["n"] == 2
+    assert (rise["low"], rise["high"]) == pytest.approx((0.06 - 0.127062, 0.06 + 0.127062), abs=1e-5)
+    assert rise["z"] == pytest.approx(6.0) and rise["from_steps"] == [0.0]
+    assert learning["late"]["probe/pass@1"]["n"] == 1 and learning["late"]["probe/pass@1"]["from_steps"] == [
+        10.0
+    ]
+    assert notes == [
+        "late: `probe/pass@1` has no step-0 probe in 1 of 1 seeds: the rise over the lr-0 control is "
+        "measured from step 10"
+    ]
+    line = learning_lines(SimpleNamespace(learning=learning))["full"]
+    assert line == "GRPO from full: probe/pass@1 rose +0.060 (SE 0.010, 6.0 SE) over the lr-0 control"
+
+
+def test_rl_learning_in_the_report_and_summary(arms, tmp_path):
+    from cft_rl.compare.report import write_report
+
+    config = CompareConfig(runs=arms, out=str(tmp_path / "report"))
+    report = build_report(config)
+    full = report.learning["full"]
+    assert full["probe/pass@1"]["mean"] == pytest.approx(0.06, abs=0.01) and full["probe/pass@1"]["z"] > 3
+    assert report.learning["collapse"]["probe/entropy"]["mean"] == pytest.approx(-0.3, abs=0.03)
+    assert "reward" not in full and "probe/pass@4-pass@1" in full
+    out = write_report(report, config)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["learning"]["full"]["probe/pass@1"]) >= {"mean", "se", "low", "high", "n", "z"}
+    assert summary["learning"]["full"]["probe/pass@1"]["n"] == 4
+    markdown = (out / "report.md").read_text()
+    assert "- GRPO from full: probe/pass@1 rose +0.0" in markdown and "over the lr-0 control" in markdown
+    assert markdown.index("## Verdict") < markdown.index("## Controls") < markdown.index("## RL learning")
+    assert "No controls named" in markdown
+    assert "<h2>RL learning" in (out / "report.html").read_text()

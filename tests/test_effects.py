@@ -9,9 +9,12 @@ from cft_rl.compare.effects import (
     Interval,
     bootstrap_interval,
     describe,
+    detectable_difference,
     difference,
     ema,
     hedges_g,
+    mean_interval,
+    minimum_detectable_difference,
     t_cdf,
     t_quantile,
     verdict,
@@ -99,3 +102,42 @@ def test_the_verdict_line_reads_as_the_issue_asks():
     line = verdict("critical", "full", effects, digits=2)
     assert line == "critical vs full: probe/entropy +0.04 [0.01, 0.07] *; pass@1 -0.01 [-0.03, 0.01]"
     assert "no interval" in describe(Interval(0.1, None, None, "t", "fewer than 2 seeds"), "x")
+
+
+def test_minimum_detectable_difference_by_hand():
+    # sd 1 and 1 over 3 seeds each: SE = sqrt(2/3), df 4; t(0.975, 4) = 2.7764, t(0.80, 4) = 0.9410
+    assert minimum_detectable_difference(1, 3, 1, 3) == pytest.approx(
+        (2.7764 + 0.9410) * math.sqrt(2 / 3), abs=1e-3
+    )
+    assert detectable_difference([1, 2, 3], [4, 5, 6]) == pytest.approx(3.0353, abs=1e-3)
+    # sd 0.02 over 5 seeds each: SE = 0.02 sqrt(2/5), df 8; t(0.975, 8) = 2.3060, t(0.80, 8) = 0.8889
+    assert minimum_detectable_difference(0.02, 5, 0.02, 5) == pytest.approx(3.1949 * 0.012649, abs=1e-5)
+    # many seeds: the normal approximation, 1.960 + 0.842 = 2.802 standard errors
+    se = math.sqrt(2 / 1e6)
+    assert minimum_detectable_difference(1, 10**6, 1, 10**6) == pytest.approx(2.8016 * se, rel=1e-4)
+    # more seeds, smaller MDE; a lower power asks less
+    assert minimum_detectable_difference(1, 8, 1, 8) < minimum_detectable_difference(1, 4, 1, 4)
+    assert minimum_detectable_difference(1, 4, 1, 4, power=0.5) < minimum_detectable_difference(1, 4, 1, 4)
+
+
+def test_minimum_detectable_difference_is_undefined_without_a_spread():
+    assert minimum_detectable_difference(1, 1, 1, 5) is None
+    assert minimum_detectable_difference(0, 3, 0, 3) is None
+    assert detectable_difference([1.0], [2.0, 3.0]) is None
+    with pytest.raises(ValueError, match="power"):
+        minimum_detectable_difference(1, 3, 1, 3, power=1.0)
+
+
+def test_mean_interval_of_paired_rises_by_hand():
+    # rises 0.04, 0.05, 0.06: sd 0.01, SE 0.01 / sqrt(3) = 0.005774, t(0.975, 2) = 4.3027
+    got = mean_interval([0.04, 0.05, 0.06])
+    half = 4.3027 * 0.005774
+    assert got["mean"] == pytest.approx(0.05) and got["se"] == pytest.approx(0.005774, abs=1e-6)
+    assert (got["low"], got["high"]) == pytest.approx((0.05 - half, 0.05 + half), abs=1e-5)
+    assert got["z"] == pytest.approx(8.660, abs=1e-3) and got["n"] == 3 and got["note"] is None
+    one = mean_interval([0.1])
+    assert one["se"] is None and one["z"] is None and "fewer than 2" in one["note"]
+    flat = mean_interval([0.2, 0.2])
+    assert (flat["low"], flat["high"], flat["z"]) == (0.2, 0.2, None) and "no spread" in flat["note"]
+    with pytest.raises(ValueError, match="finite"):
+        mean_interval([])

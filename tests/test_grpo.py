@@ -218,6 +218,28 @@ def test_monitors_and_probe_land_in_the_log_history(tmp_path, toy_dir, grpo_conf
     assert trainer.monitor.resolve_ks(4) == (1, 2, 4)
 
 
+def test_at_learning_rate_zero_every_probe_equals_the_step_0_probe(tmp_path, toy_dir, grpo_config):
+    """The lr-0 control of `cft-rl compare`'s "RL learning": a policy that never changes draws the same
+    probe samples at every probe step (each probe batch has its own seed, not one per step), so a
+    run's rise over its own step-0 probe is its rise over an lr-0 run from the same warm start."""
+    from cft_rl.grpo.run import train_grpo
+    from cft_rl.toy.build import load_toy
+
+    model, tokenizer, data = load_toy(toy_dir)
+    probe = dict(probe_steps=1, probe_size=3, probe_num_samples=4, probe_ks=[1, 4], probe_maj_ks=[2])
+    config = grpo_config(learning_rate=0.0, **probe)
+    funcs = [tolerant_reward(_length_reward)]
+    kw = dict(probe_dataset=data["validation"], tokenizer=tokenizer, reward_funcs=funcs)
+    train_grpo(config, model, data["train"], **kw)
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    probes = [e for e in history if "probe/pass@1" in e]
+    assert [e["step"] for e in probes] == [0, 1, 2]
+    first = {k: v for k, v in probes[0].items() if k.startswith("probe/") and k != "probe/seconds"}
+    assert {"probe/pass@4", "probe/entropy", "probe/distinct_answers"} <= set(first)
+    for entry in probes[1:]:
+        assert {k: entry[k] for k in first} == first, entry["step"]
+
+
 # --- several processes: the same samples give the same metrics ------------------------------------------
 
 

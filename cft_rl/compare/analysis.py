@@ -5,12 +5,16 @@ folder or its latest ``checkpoint-*/``. Runs share a label (e.g. ``init=sft``, `
 label may have several seeds. For every chosen metric the report shows each label's mean over seeds
 with a min-max (or 95% CI) band, and a table of final, peak and area-under-curve values per label.
 It flags entropy collapse, and can fit R = -a exp(H) + b (arXiv 2505.22617) to each label to show the
-reward ceiling the entropy implies (R at H = 0: b - a).
+reward ceiling the entropy implies (R at H = 0: b - a). Against a baseline label it measures each
+arm's effects (:func:`cft_rl.compare.curves.arm_effects`), judges the controls
+(:mod:`cft_rl.compare.controls`) and, for every label, GRPO's rise over its lr-0 control
+(:func:`cft_rl.compare.curves.rl_learning`); the exploration gap ``probe/pass@k-pass@1`` is derived here.
 
 Imperfect runs are the norm: a run missing a metric is plotted where it has data and the report says
 so; runs logging at different steps are aligned on the step axis (interpolated onto the union of the
 label's steps, never extrapolated beyond a run's own first and last step). Plotting and HTML are in
-:mod:`cft_rl.compare.report`, the command in :mod:`cft_rl.compare.run`; this module is data only.
+:mod:`cft_rl.compare.report`, their text in :mod:`cft_rl.compare.summary`, the command in
+:mod:`cft_rl.compare.run`; this module is data only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cft_rl.compare.config import CompareConfig
+from cft_rl.compare.controls import control_metrics, judge_control
 from cft_rl.compare.curves import (
     Curve,
     aggregate,
@@ -32,9 +38,10 @@ from cft_rl.compare.curves import (
     entropy_collapse,
     fit_entropy_reward,
     label_stats,
+    natural_key,
+    rl_learning,
     smoothed,
 )
-from cft_rl.compare.effects import METHODS
 
 # Metrics compared when none are named (patterns; those matching no run are left out quietly).
 DEFAULT_METRICS = (
@@ -61,7 +68,16 @@ class Run:
     history: list[dict] = field(repr=False)
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of ``metric``, sorted by step; the last entry of a step wins, NaNs dropped."""
+        """(steps, values) of ``metric``, sorted by step; the last entry of a step wins, NaNs dropped.
+
+        The exploration gap ``probe/pass@k-pass@1``, unless logged as such, is derived: pass@k minus
+        pass@1 at the steps that log both."""
+        gap = _GAP.fullmatch(metric)
+        if gap and metric not in self.metrics(derived=False):
+            steps_k, k = self.series(f"probe/pass@{gap.group(1)}")
+            steps_1, one = self.series("probe/pass@1")
+            common, ik, i1 = np.intersect1d(steps_k, steps_1, return_indices=True)
+            return common, k[ik] - one[i1]
         by_step: dict[int, float] = {}
         for entry in self.history:
             value, step = entry.get(metric), entry.get("step")
@@ -71,8 +87,27 @@ class Run:
         steps = np.array(sorted(by_step), dtype=float)
         return steps, np.array([by_step[int(s)] for s in steps], dtype=float)
 
-    def metrics(self) -> set[str]:
-        return {k for e in self.history for k, v in e.items() if isinstance(v, int | float) and k != "step"}
+    def metrics(self, derived: bool = True) -> set[str]:
+        """The metrics the run logs, and (``derived``) the exploration gap it allows."""
+        logged = {k for e in self.history for k, v in e.items() if isinstance(v, int | float) and k != "step"}
+        gap = exploration_gap(logged) if derived else None
+        return logged | {gap} if gap else logged
+
+
+_PASS_AT = re.compile(r"probe/pass@(\d+)")
+_GAP = re.compile(r"probe/pass@(\d+)-pass@1")
+
+
+def exploration_gap(metrics: set[str]) -> str | None:
+    """``probe/pass@k-pass@1``, with k the largest probe pass@k in ``metrics`` (k > 1), or None.
+
+    The gap between what the policy finds in k samples and in one is what GRPO's sharpening trades
+    away: an arm that keeps exploring keeps it open. Compare derives it, so every run that logs the
+    probe's pass@1 and pass@k has it, whatever version of the trainer wrote the log.
+    """
+    ks = [int(m.group(1)) for name in metrics if (m := _PASS_AT.fullmatch(name))]
+    k = max(ks, default=1)
+    return f"probe/pass@{k}-pass@1" if k > 1 and "probe/pass@1" in metrics else None
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -138,7 +173,7 @@ def select_metrics(runs: Sequence[Run], patterns: Sequence[str] | None) -> list[
     available = sorted(set().union(*(r.metrics() for r in runs)))
     chosen: list[str] = []
     for pattern in patterns or DEFAULT_METRICS:
-        hits = sorted(fnmatch.filter(available, pattern), key=_natural)
+        hits = sorted(fnmatch.filter(available, pattern), key=natural_key)
         if not hits and patterns:
             raise ValueError(
                 f"no run logs a metric matching {pattern!r}; the runs log: {', '.join(available)}"
@@ -149,57 +184,7 @@ def select_metrics(runs: Sequence[Run], patterns: Sequence[str] | None) -> list[
     return chosen
 
 
-def _natural(name: str) -> list:
-    """pass@2 before pass@16: digits compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 # --- the comparison --------------------------------------------------------------------------------
-
-
-@dataclass
-class CompareConfig:
-    """Settings of ``cft-rl compare``.
-
-    Parameters:
-        runs: run folders (TRL output_dirs, ``trainer_state.json`` inside).
-        labels: one per run (default: the folder name without its seed).
-        metrics: fnmatch patterns of the metrics to compare (default :data:`DEFAULT_METRICS`).
-        out: report folder (figures/, report.html, report.md, report.json).
-        band: "minmax", "ci" or "none" around each label's mean over seeds.
-        collapse_metric / collapse_fraction: a run's entropy has collapsed when this metric falls
-            below this fraction of its first logged value.
-        fit: fit R = -a exp(H) + b per label on (entropy_metric, reward_metric) pairs of the same step.
-        entropy_metric / reward_metric: the metrics the fit pairs.
-        baseline: the label every other label is compared with: the difference of the means over
-            seeds of each metric's final value and AUC, with a 95% interval (default: "full" when a
-            label has that name; no comparison without a baseline).
-        interval: "t" (Welch) or "bootstrap" (percentile, 10,000 resamples).
-        smooth: TensorBoard's EMA weight for the plotted curves, in [0, 1) (0: raw). The statistics,
-            effects and verdicts always use the raw values.
-    """
-
-    runs: list[str]
-    labels: list[str] | None = None
-    metrics: list[str] | None = None
-    out: str = "outputs/compare"
-    band: str = "minmax"
-    collapse_metric: str = "entropy"
-    collapse_fraction: float = 0.5
-    fit: bool = False
-    entropy_metric: str = "entropy"
-    reward_metric: str = "reward"
-    baseline: str | None = None
-    interval: str = "t"
-    smooth: float = 0.0
-
-    def __post_init__(self):
-        if not 0 < self.collapse_fraction < 1:
-            raise ValueError(f"collapse_fraction must lie in (0, 1); got {self.collapse_fraction}")
-        if self.interval not in METHODS:
-            raise ValueError(f"interval must be one of {METHODS}; got {self.interval!r}")
-        if not 0 <= self.smooth < 1:
-            raise ValueError(f"smooth is an EMA weight in [0, 1); got {self.smooth}")
 
 
 @dataclass
@@ -215,6 +200,8 @@ class Report:
     notes: list[str]
     baseline: str | None = None  # the label the effects are measured against
     effects: list[dict] = field(default_factory=list)  # see cft_rl.compare.curves.arm_effects
+    controls: list[dict] = field(default_factory=list)  # see cft_rl.compare.controls.judge_control
+    learning: dict[str, dict[str, dict]] = field(default_factory=dict)  # see curves.rl_learning
 
 
 def _by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -232,8 +219,17 @@ def _paired(run: Run, x_metric: str, y_metric: str) -> tuple[np.ndarray, np.ndar
     return x[ix], y[iy]
 
 
+def _label_curves(metric: str, groups: dict[str, list[Run]], band: str) -> list[Curve]:
+    """One curve of ``metric`` per label, over the label's runs that log it."""
+    return [
+        aggregate(label, seeds, band)
+        for label, members in groups.items()
+        if (seeds := [s for s in (r.series(metric) for r in members) if len(s[0])])
+    ]
+
+
 def build_report(config: CompareConfig) -> Report:
-    """Load the runs and compute every curve, statistic, flag and fit (no files written)."""
+    """Load the runs and compute every curve, statistic, flag, fit and effect (no files written)."""
     runs = load_runs(config.runs, config.labels)
     metrics = select_metrics(runs, config.metrics)
     groups = _by_label(runs)
@@ -242,12 +238,21 @@ def build_report(config: CompareConfig) -> Report:
         missing = [str(r.path) for r in runs if not len(r.series(metric)[0])]
         if missing:
             notes.append(f"`{metric}` is missing in {', '.join(missing)}: plotted from the other runs")
-        curves[metric] = [
-            aggregate(label, seeds, config.band)
-            for label, members in groups.items()
-            if (seeds := [s for s in (r.series(metric) for r in members) if len(s[0])])
-        ]
+        curves[metric] = _label_curves(metric, groups, config.band)
         stats[metric] = {c.label: label_stats(c) for c in curves[metric]}
+    collapse = _collapse(runs, config, notes)
+    fits = _fits(groups, config, notes) if config.fit else {}
+    baseline = _baseline(config, list(groups), notes)
+    effects = arm_effects(curves, baseline, config.interval) if baseline else []
+    controls = _controls(config, groups, curves, baseline)
+    learning = rl_learning(curves, notes)
+    if config.smooth:
+        curves = {m: [smoothed(c, config.smooth) for c in cs] for m, cs in curves.items()}
+    return Report(runs, metrics, curves, stats, collapse, fits, notes, baseline, effects, controls, learning)
+
+
+def _collapse(runs: Sequence[Run], config: CompareConfig, notes: list[str]) -> list[dict]:
+    """Where each run's ``collapse_metric`` first falls below ``collapse_fraction`` of its start."""
     collapse = []
     for run in runs:
         steps, values = run.series(config.collapse_metric)
@@ -264,28 +269,54 @@ def build_report(config: CompareConfig) -> Report:
             )
         else:
             notes.append(f"{run.path} logs no `{config.collapse_metric}`: entropy collapse not checked")
+    return collapse
+
+
+def _fits(groups: dict[str, list[Run]], config: CompareConfig, notes: list[str]) -> dict[str, dict]:
+    """The entropy-reward fit of each label, over its runs' steps that log both metrics."""
     fits = {}
-    if config.fit:
-        for label, members in groups.items():
-            pairs = [_paired(r, config.entropy_metric, config.reward_metric) for r in members]
-            fits[label] = fit_entropy_reward(
-                np.concatenate([h for h, _ in pairs]), np.concatenate([r for _, r in pairs])
+    for label, members in groups.items():
+        pairs = [_paired(r, config.entropy_metric, config.reward_metric) for r in members]
+        fits[label] = fit = fit_entropy_reward(
+            np.concatenate([h for h, _ in pairs]), np.concatenate([r for _, r in pairs])
+        )
+        if fit["degenerate"] is not None:
+            notes.append(
+                f"{label}: degenerate: {fit['degenerate']} over the {fit['points']} steps that log both "
+                f"`{config.entropy_metric}` and `{config.reward_metric}`: no fit, no R²"
             )
-            fit = fits[label]
-            if fit["degenerate"] is not None:
-                notes.append(
-                    f"{label}: degenerate: {fit['degenerate']} over the {fit['points']} steps that log both "
-                    f"`{config.entropy_metric}` and `{config.reward_metric}`: no fit, no R²"
-                )
-            elif fit["r2"] < 0.5:
-                notes.append(
-                    f"{label}: the fit explains little (R² {fit['r2']:.2f}); its ceiling means little"
-                )
-    baseline = _baseline(config, list(groups), notes)
-    effects = arm_effects(curves, baseline, config.interval) if baseline else []
-    if config.smooth:
-        curves = {m: [smoothed(c, config.smooth) for c in cs] for m, cs in curves.items()}
-    return Report(runs, metrics, curves, stats, collapse, fits, notes, baseline, effects)
+        elif fit["r2"] < 0.5:
+            notes.append(f"{label}: the fit explains little (R² {fit['r2']:.2f}); its ceiling means little")
+    return fits
+
+
+def _controls(
+    config: CompareConfig, groups: dict[str, list[Run]], curves: dict[str, list[Curve]], baseline: str | None
+) -> list[dict]:
+    """Each control arm judged on :data:`CONTROL_METRICS`' final values against the baseline, from
+    the curves already built or, for a control metric not among the report's, its own."""
+    if not config.controls:
+        return []
+    if baseline is None:
+        raise ValueError("controls are judged against a baseline: set baseline (or name an arm 'full')")
+    for arm in config.controls:
+        if arm not in groups or arm == baseline:
+            what = "the baseline" if arm == baseline else "not a label of these runs"
+            others = sorted(set(groups) - {baseline})
+            raise ValueError(f"controls: arm {arm!r} is {what}; a control is one of {others}")
+    judged = []
+    for arm, expect in config.controls.items():
+        logged = set().union(*(r.metrics() for r in groups[arm] + groups[baseline]))
+        rows: dict[str, dict | None] = {}
+        for pattern, metric in control_metrics(logged).items():
+            if metric is None:  # logged by neither: the control cannot be judged on it
+                rows[pattern] = None
+                continue
+            by_label = curves.get(metric) or _label_curves(metric, groups, config.band)
+            effects = arm_effects({metric: by_label}, baseline, config.interval)
+            rows[metric] = next((r for r in effects if r["arm"] == arm and r["measure"] == "final"), None)
+        judged.append(judge_control(arm, expect, baseline, rows))
+    return judged
 
 
 def _baseline(config: CompareConfig, labels: list[str], notes: list[str]) -> str | None:

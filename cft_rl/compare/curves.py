@@ -8,15 +8,21 @@ these; :mod:`cft_rl.compare.effects` holds the interval arithmetic.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from cft_rl.compare.effects import difference, ema, hedges_g
+from cft_rl.compare.effects import Interval, detectable_difference, difference, ema, hedges_g, mean_interval
 
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy); 1.96 beyond the table.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145)
+
+
+def natural_key(name: str) -> list:
+    """Metric names in natural order: pass@2 before pass@16, digits compared as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 # --- curves and their statistics -------------------------------------------------------------------
@@ -144,6 +150,7 @@ def arm_effects(curves: dict[str, list[Curve]], baseline: str, method: str = "t"
                         "low": interval.low,
                         "high": interval.high,
                         "hedges_g": hedges_g(a, b),
+                        "mde": detectable_difference(a, b),
                         "significant": interval.significant,
                         "note": interval.note,
                         "seeds": len(a),
@@ -152,6 +159,47 @@ def arm_effects(curves: dict[str, list[Curve]], baseline: str, method: str = "t"
                     }
                 )
     return rows
+
+
+# --- GRPO against its learning-rate-0 control ----------------------------------------------------
+
+# Probe keys that are no measure of the policy.
+NOT_LEARNING = ("probe/seconds",)
+
+
+def rl_learning(curves: dict[str, list[Curve]], notes: list[str] | None = None) -> dict[str, dict[str, dict]]:
+    """label -> probe metric -> the paired rise of GRPO over its lr-0 control (:func:`mean_interval`
+    of each seed's final value minus its own first, plus ``from_steps``: the first probe steps).
+
+    At learning rate 0 the policy never changes, and the probe samples each of its batches under a
+    seed of its own (not one per step), so every probe of an lr-0 run equals the step-0 probe of the
+    same warm start: the step-0 probe *is* the lr-0 control, paired seed by seed, with no second run.
+    The probe logs at step 0 (before training); a seed whose first probe is later is measured from
+    that step, and ``notes`` says so. A seed with a single probe point has no rise and is left out.
+    """
+    out: dict[str, dict[str, dict]] = {}
+    for metric, by_label in curves.items():
+        if not metric.startswith("probe/") or metric in NOT_LEARNING:
+            continue
+        for curve in by_label:
+            seeds = [(s, v) for s, v in curve.seeds if len(s) > 1]
+            if not seeds:
+                continue
+            starts = sorted({float(s[0]) for s, _ in seeds})
+            late = sum(s[0] != 0 for s, _ in seeds)
+            if late and notes is not None:
+                notes.append(
+                    f"{curve.label}: `{metric}` has no step-0 probe in {late} of {len(seeds)} seeds: the "
+                    f"rise over the lr-0 control is measured from step {', '.join(f'{x:g}' for x in starts)}"
+                )
+            rise = mean_interval([v[-1] - v[0] for _, v in seeds])
+            out.setdefault(curve.label, {})[metric] = rise | {"from_steps": starts}
+    return out
+
+
+def row_interval(row: dict) -> Interval:
+    """The :class:`~cft_rl.compare.effects.Interval` of an :func:`arm_effects` row."""
+    return Interval(row["diff"], row["low"], row["high"], row["method"], row["note"])
 
 
 def smoothed(curve: Curve, weight: float) -> Curve:

@@ -13,6 +13,11 @@ seeds: a negative control (two arms with identical settings) must come out not s
 positive control (an arm built to lose diversity) must come out significant, or the instrument cannot be
 trusted to see the effect under test.
 
+Two more questions get an answer with their uncertainty. How small a difference could this many seeds
+see at all (:func:`minimum_detectable_difference`, at 80% power): without it, "not significant" cannot
+be told from "too few seeds". And did each seed move from its own start (:func:`mean_interval` of the
+paired per-seed changes), which is how GRPO is compared with its learning-rate-0 control.
+
 Pure functions over numbers: no I/O, no models. The t quantile is computed from the regularised incomplete
 beta function of mpmath (a dependency of sympy, which math-verify needs), since scipy is not a dependency.
 """
@@ -139,6 +144,72 @@ def difference(
     if method == "t":
         return welch_interval(a, b, confidence)
     return bootstrap_interval(a, b, confidence)
+
+
+# --- power: the smallest difference this many seeds would see -------------------------------------
+
+ALPHA = 0.05
+POWER = 0.8
+
+
+def minimum_detectable_difference(
+    sd_a: float, n_a: int, sd_b: float, n_b: int, alpha: float = ALPHA, power: float = POWER
+) -> float | None:
+    """The smallest true difference of means a two-sided Welch test at level ``alpha`` detects with
+    probability ``power``, given each arm's standard deviation over seeds and its seed count:
+
+        MDE = (t(1 - alpha/2, df) + t(power, df)) * SE,   SE = sqrt(sd_a²/n_a + sd_b²/n_b),
+
+    with the Welch-Satterthwaite df of :func:`welch_interval`. This is the normal-approximation formula
+    (z 1.960 + 0.842 = 2.80 SE at alpha 0.05 and power 0.8) with t quantiles in place of z, which widens
+    it as it should for few seeds; it approximates the noncentral t by a shifted central t and ignores
+    rejections on the wrong side, both negligible at this power. The spreads are the observed ones, so
+    the MDE is itself an estimate: a statement of scale, not a guarantee.
+
+    None when it is undefined: an arm with fewer than 2 seeds (no spread), or no spread in either arm
+    (df is 0 / 0; the exact interval then calls any non-zero difference significant).
+    """
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha and power must lie in (0, 1); got alpha={alpha}, power={power}")
+    if n_a < 2 or n_b < 2:
+        return None
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    if va + vb == 0:
+        return None
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * math.sqrt(va + vb)
+
+
+def detectable_difference(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """:func:`minimum_detectable_difference` from two arms' per-seed values (sample SDs, ddof 1)."""
+    x, y = _groups(a, b)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    return minimum_detectable_difference(x.std(ddof=1), len(x), y.std(ddof=1), len(y))
+
+
+# --- a paired change: each seed against itself ----------------------------------------------------
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict:
+    """The mean of per-seed values (e.g. each seed's final minus its own start) with its standard
+    error, the one-sample t interval (n - 1 df) and ``z`` = mean / SE, the rise in standard errors.
+
+    Keys: mean, se, low, high, n, z, note. se/low/high/z are None with fewer than 2 values; with no
+    spread the interval is exact (low = high = mean) and z is None (a division by 0); ``note`` says so.
+    """
+    x = np.asarray(values, float)
+    if x.ndim != 1 or not len(x) or not np.isfinite(x).all():
+        raise ValueError("mean_interval needs a non-empty list of finite per-seed values")
+    out = {"mean": float(x.mean()), "se": None, "low": None, "high": None, "n": len(x), "z": None}
+    if len(x) < 2:
+        return out | {"note": "fewer than 2 seeds: no interval"}
+    se = float(x.std(ddof=1) / math.sqrt(len(x)))
+    if se == 0:
+        return out | {"se": 0.0, "low": out["mean"], "high": out["mean"], "note": "no spread across seeds"}
+    half = t_quantile(0.5 + confidence / 2, len(x) - 1) * se
+    low, high = out["mean"] - half, out["mean"] + half
+    return out | {"se": se, "low": low, "high": high, "z": out["mean"] / se, "note": None}
 
 
 def ema(values: Sequence[float], weight: float) -> np.ndarray:

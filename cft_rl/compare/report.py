@@ -8,7 +8,6 @@ no external resource, so it opens anywhere, offline, as a single file.
 from __future__ import annotations
 
 import base64
-import fnmatch
 import html
 import json
 import math
@@ -21,7 +20,13 @@ from matplotlib.figure import Figure
 
 from cft_rl.compare.analysis import CompareConfig, Report
 from cft_rl.compare.curves import Curve
-from cft_rl.compare.effects import Interval, describe, verdict
+from cft_rl.compare.summary import (
+    controls_markdown,
+    fmt,
+    learning_markdown,
+    summary_data,
+    verdict_markdown,
+)
 from cft_rl.reports import markdown_table
 
 _BAND_NAMES = {"minmax": "min-max over seeds", "ci": "95% CI over seeds", "none": ""}
@@ -89,70 +94,19 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 # --- markdown --------------------------------------------------------------------------------------
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
-# The metrics of the verdict lines, when logged: the probe's diversity and accuracy (fixed prompts, so
-# comparable across arms), then training reward. Every metric is in the effects table regardless.
-HEADLINE = ("probe/entropy", "probe/pass@1", "probe/pass@*", "probe/distinct_answers", "reward")
-
-
-def _interval(row: dict) -> Interval:
-    return Interval(row["diff"], row["low"], row["high"], row["method"], row["note"])
-
-
-def verdicts(report: Report) -> dict[str, str]:
-    """One line per arm: the final value of each headline metric against the baseline, with its interval."""
-    lines = {}
-    for arm in dict.fromkeys(row["arm"] for row in report.effects):
-        rows = [r for r in report.effects if r["arm"] == arm and r["measure"] == "final"]
-        picked = [r for p in HEADLINE for r in rows if fnmatch.fnmatch(r["metric"], p)]
-        picked = list({r["metric"]: r for r in picked or rows}.values())
-        lines[arm] = verdict(arm, report.baseline, {r["metric"]: _interval(r) for r in picked})
-    return lines
-
-
-def verdict_markdown(report: Report, config: CompareConfig) -> str:
-    """The headline: a verdict line per arm, then every effect with its interval, or "" without a baseline."""
-    if not report.effects:
-        return ""
-    seeds = sorted({r["seeds"] for r in report.effects} | {r["baseline_seeds"] for r in report.effects})
-    rows = [
-        [
-            r["arm"],
-            r["metric"],
-            r["measure"],
-            describe(_interval(r), "").strip(),
-            _fmt(r["hedges_g"]),
-            f"{r['seeds']} / {r['baseline_seeds']}",
-        ]
-        for r in report.effects
-    ]
-    return "\n".join(
-        [
-            f"## Verdict: each arm against `{report.baseline}`\n",
-            *(f"- {line}" for line in verdicts(report).values()),
-            "",
-            f"Differences of the means over seeds (arm - {report.baseline}) with 95% intervals "
-            f"({'Welch t' if config.interval == 't' else 'percentile bootstrap'}); * marks an interval "
-            f"that excludes 0. Seeds per arm: {', '.join(map(str, seeds))}. A difference smaller than half "
-            "an interval's width cannot be told from seed noise with this many seeds.\n",
-            markdown_table(["arm", "metric", "measure", "difference [95% CI]", "Hedges' g", "seeds"], rows),
-            "",
-        ]
-    )
 
 
 def report_markdown(report: Report, config: CompareConfig) -> str:
     """The report as markdown: the verdict, the per-label table, collapse flags, fits and notes."""
     rows = [
-        [metric, label, s["seeds"], _fmt(s["final"]), _fmt(s["peak"]), _fmt(s["auc"])]
+        [metric, label, s["seeds"], fmt(s["final"]), fmt(s["peak"]), fmt(s["auc"])]
         for metric, by_label in report.stats.items()
         for label, s in by_label.items()
     ]
     parts = [
         verdict_markdown(report, config),
+        controls_markdown(report),
+        learning_markdown(report),
         "## Final, peak and area under the curve (mean over seeds)\n",
         "AUC is the area under the logged curve divided by its step span (the step-weighted mean).\n",
         markdown_table(["metric", "label", "seeds", "final", "peak", "AUC"], rows),
@@ -162,8 +116,8 @@ def report_markdown(report: Report, config: CompareConfig) -> str:
         [
             c["label"],
             c["run"],
-            _fmt(c["start"]),
-            _fmt(c["min"]),
+            fmt(c["start"]),
+            fmt(c["min"]),
             "no" if c["step"] is None else f"**yes**, step {c['step']:g}",
         ]
         for c in report.collapse
@@ -176,8 +130,8 @@ def report_markdown(report: Report, config: CompareConfig) -> str:
         fit_rows = [
             [
                 label,
-                *(_fmt(f[k]) for k in ("a", "b", "ceiling")),
-                _fmt(f["r2"]) if f["degenerate"] is None else f"degenerate: {f['degenerate']}",
+                *(fmt(f[k]) for k in ("a", "b", "ceiling")),
+                fmt(f["r2"]) if f["degenerate"] is None else f"degenerate: {f['degenerate']}",
                 f["points"],
             ]
             for label, f in report.fits.items()
@@ -210,9 +164,7 @@ def write_report(report: Report, config: CompareConfig, sections: Sequence[str] 
     data = {"runs": [{"path": str(r.path), "label": r.label, "source": str(r.source)} for r in report.runs]}
     data |= {"stats": report.stats, "collapse": report.collapse, "fits": report.fits, "notes": report.notes}
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
-    summary = {"baseline": report.baseline, "interval": config.interval, "confidence": 0.95}
-    summary |= {"verdicts": verdicts(report), "effects": report.effects}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary_data(report, config), indent=2) + "\n")
     (out / "report.html").write_text(html_report(report, figures, markdown))
     return out
 
