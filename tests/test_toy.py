@@ -146,3 +146,41 @@ def test_build_refuses_a_folder_that_is_not_a_toy_build(tmp_path):
     with pytest.raises(FileExistsError, match="not a toy build"):
         build_toy(tmp_path, ToyBuildConfig.tiny(), progress=False)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_swap_tokens_swaps_only_labelled_swappable_tokens_and_drops_them_from_the_loss():
+    from cft_rl.toy.corpus import swap_tokens
+
+    ids = torch.tensor([[5, 6, 7, 8], [6, 7, 0, 0]])
+    labels = torch.tensor([[-100, 6, 7, 8], [-100, 7, -100, -100]])
+    swappable = torch.zeros(10, dtype=torch.bool)
+    swappable[[5, 6, 8, 9]] = True  # 7 is a digit, say: never swapped; 5 and 6 sit in the prompt
+    generator = torch.Generator().manual_seed(0)
+    new_ids, new_labels = swap_tokens(ids, labels, swappable, 1.0, generator)
+    hit = torch.tensor([[False, True, False, True], [False, False, False, False]])
+    assert torch.equal(new_ids[~hit], ids[~hit]) and torch.equal(new_labels[~hit], labels[~hit])
+    assert set(new_ids[hit].tolist()) <= {5, 6, 8, 9}
+    assert (new_labels[hit] == -100).all()
+    same_ids, same_labels = swap_tokens(ids, labels, swappable, 0.0, generator)
+    assert torch.equal(same_ids, ids) and torch.equal(same_labels, labels)
+
+
+def test_pretraining_batches_swap_words_but_never_digits(toy_dir):
+    from cft_rl.token_classes import token_class
+    from cft_rl.toy.corpus import batches_of, pretraining_corpus
+    from cft_rl.toy.task import generate_splits
+
+    config = ToyBuildConfig.tiny(noise_prob=0.3)
+    tokenizer = load_toy(toy_dir)[1]
+    problems = generate_splits({"pretrain": 40}, seed=0, cfg=config.task)["pretrain"]
+    corpus = pretraining_corpus(problems, config)
+    clean_batches = batches_of(tokenizer, corpus, ToyBuildConfig.tiny(noise_prob=0.0))
+    noisy_batches = batches_of(tokenizer, corpus, config)
+    swapped = 0
+    for _ in range(3):
+        (ids0, labels0), (ids1, labels1) = next(clean_batches), next(noisy_batches)
+        changed = ids0 != ids1
+        swapped += int(changed.sum())
+        assert (labels1[changed] == -100).all() and (labels0[changed] != -100).all()
+        assert all(token_class(tokenizer.decode([int(i)])) not in ("digit", "operator") for i in ids0[changed])
+    assert swapped > 0

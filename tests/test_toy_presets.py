@@ -8,15 +8,14 @@ import json
 import pytest
 import torch
 
-from cft_rl.toy.build import MANIFEST, ToyBuildConfig, build_toy, load_toy
-from cft_rl.toy.presets import EMBEDDED, embedded_build, preset
+from cft_rl.toy.build import EMBEDDED, MANIFEST, ToyBuildConfig, build_toy, embedded_build, load_toy, preset
 
 DEFAULT = EMBEDDED / "default"
 
 
 def test_the_embedded_model_was_built_with_the_default_preset():
     # A change to the defaults, the task generator or BUILD_VERSION changes the key: the shipped model
-    # is then stale and must be rebuilt (see cft_rl/toy/presets.py for the command).
+    # is then stale and must be rebuilt (see cft_rl/toy/build.py, 'Presets', for the command).
     manifest = json.loads((DEFAULT / MANIFEST).read_text())
     assert manifest["key"] == preset("default").key() == ToyBuildConfig().key()
     assert manifest["config"] == json.loads(json.dumps(dataclasses.asdict(ToyBuildConfig())))
@@ -28,7 +27,10 @@ def test_the_embedded_build_is_small_and_complete():
     assert size <= 10 * 2**20, f"embedded build is {size / 2**20:.1f} MB; the limit is 10 MB"
     model, tokenizer, data = load_toy(DEFAULT)
     assert set(data) == {"train", "validation", "test"}
-    assert sum(p.numel() for p in model.parameters()) == json.loads((DEFAULT / MANIFEST).read_text())["parameters"]
+    assert (
+        sum(p.numel() for p in model.parameters())
+        == json.loads((DEFAULT / MANIFEST).read_text())["parameters"]
+    )
 
 
 def test_building_the_default_copies_the_embedded_model(tmp_path, monkeypatch):

@@ -9,6 +9,8 @@ before our method starts, and a lean loop is what fits the 5-minute CPU budget. 
 solution tokens only: the random numbers in a question are noise to a predictor, and the tiny model's
 capacity is better spent on the arithmetic.
 
+The default build ships inside the package (``EMBEDDED``): see :func:`embedded_build`.
+
 Builds are deterministic in their settings, atomic (built in a temporary folder, then renamed, so a
 killed build leaves nothing half-written) and cached (same settings: return at once).
 """
@@ -20,9 +22,9 @@ import hashlib
 import json
 import logging
 import math
-import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +34,9 @@ from tqdm.auto import tqdm
 
 from cft_rl.cpu import cpu_float_math
 from cft_rl.data.datasets import FEATURES
-from cft_rl.data.prompts import build_prompt
-from cft_rl.toy.task import ToyTaskConfig, generate_splits, sample_solutions, to_records
-from cft_rl.toy.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, load_tokenizer, train_tokenizer
+from cft_rl.toy.corpus import batches_of, pretraining_corpus
+from cft_rl.toy.task import ToyTaskConfig, generate_splits, to_records
+from cft_rl.toy.tokenizer import load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -126,20 +128,63 @@ def _check_keys(cls, values: dict, what: str) -> None:
         raise ValueError(f"unknown {what} setting(s) {unknown}; valid settings: {sorted(valid)}")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Presets, and the base model shipped inside the package
+# ---------------------------------------------------------------------------------------------------
+# Named toy builds, and the base model shipped inside the package.
+#
+# Why ship a model at all: the default toy base model comes out of a few minutes of CPU pretraining, and
+# its float rounding depends on the CPU: the same settings gave 26% greedy accuracy on one machine and 48%
+# on another when the build sat near an accuracy cliff. The default preset's build is therefore embedded
+# in the package (``cft_rl/toy/embedded/default``, about 3 MB), and building the default settings copies
+# it instead of training. Every machine then starts the demo and the experiment from the same weights.
+#
+# The builder is kept, and is the only way the embedded folder is made::
+#
+#     cft-rl toy build --preset default --rebuild --out /tmp/default   # trains from scratch
+#     rm -rf cft_rl/toy/embedded/default && cp -r /tmp/default cft_rl/toy/embedded/default
+#
+# A test checks that the embedded manifest's settings key is the default preset's key, so a change to the
+# defaults, the task or the build procedure (``BUILD_VERSION``) cannot ship a stale model.
+
+EMBEDDED = Path(__file__).parent / "embedded"
+
+# name -> settings. "default" is the demo's base model (and the embedded one); "tiny" builds in seconds
+# for tests.
+PRESETS: dict[str, Callable[[], ToyBuildConfig]] = {"default": ToyBuildConfig, "tiny": ToyBuildConfig.tiny}
+
+
+def preset(name: str) -> ToyBuildConfig:
+    """The settings of preset ``name``; an unknown name is an error listing the presets."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown toy preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def embedded_build(config: ToyBuildConfig) -> Path | None:
+    """The embedded build made with exactly these settings, or None."""
+    for folder in sorted(EMBEDDED.glob("*")) if EMBEDDED.is_dir() else []:
+        manifest = folder / MANIFEST
+        if manifest.is_file() and json.loads(manifest.read_text()).get("key") == config.key():
+            return folder
+    return None
+
+
 def is_built(out_dir: str | Path, config: ToyBuildConfig) -> bool:
     manifest = Path(out_dir) / MANIFEST
     return manifest.is_file() and json.loads(manifest.read_text()).get("key") == config.key()
 
 
 def build_toy(
-    out_dir: str | Path, config: ToyBuildConfig = ToyBuildConfig(), progress: bool = True, rebuild: bool = False
+    out_dir: str | Path,
+    config: ToyBuildConfig = ToyBuildConfig(),
+    progress: bool = True,
+    rebuild: bool = False,
 ) -> Path:
     """Build (or reuse) the toy world in ``out_dir``; returns the folder.
 
     Settings that match an embedded build (:mod:`cft_rl.toy.presets`) copy it, unless ``rebuild``:
     then the model is pretrained from scratch, as the embedded one was."""
-    from cft_rl.toy.presets import embedded_build
-
     out = Path(out_dir)
     if is_built(out, config) and not rebuild:
         logger.info("toy world in %s is up to date (key %s)", out, config.key())
@@ -166,7 +211,7 @@ def build_toy(
         cfg=config.task,
     )
     _save_datasets(tmp / "data", splits, config)
-    corpus = _pretraining_corpus(splits["pretrain"], config)
+    corpus = pretraining_corpus(splits["pretrain"], config)
 
     tokenizer = train_tokenizer([p + c for p, c in corpus[:4000]], vocab_size=config.vocab_size)
     model = _pretrain(_make_model(config, tokenizer), tokenizer, corpus, config, progress)
@@ -203,20 +248,6 @@ def _save_datasets(path: Path, splits: dict, config: ToyBuildConfig) -> None:
     dd.save_to_disk(str(path))
 
 
-def _pretraining_corpus(problems: list, config: ToyBuildConfig) -> list[tuple[str, str]]:
-    """(chat prompt, solution + end of turn) pairs, several styles per problem."""
-    from jinja2 import Template
-
-    template = Template(CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
-    pairs = []
-    for problem in problems:
-        prompt = template.render(messages=build_prompt(problem.question), add_generation_prompt=True)
-        for solution in sample_solutions(problem, config.solutions_per_problem, config.seed, config.task):
-            pairs.append((prompt, solution + EOS_TOKEN))
-    random.Random(config.seed).shuffle(pairs)
-    return pairs
-
-
 def _make_model(config: ToyBuildConfig, tokenizer):
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -241,59 +272,6 @@ def _make_model(config: ToyBuildConfig, tokenizer):
     return model
 
 
-def swap_tokens(ids, labels, swappable, prob: float, generator):
-    """Swap each label-carrying token whose id is ``swappable`` with chance ``prob`` for a random
-    swappable id, and drop the swapped positions from the loss; returns new ``(ids, labels)``.
-
-    ``swappable`` is a bool tensor over the vocabulary. The tokens after a swap keep their labels: that
-    is what teaches the model to continue the solution past an odd token.
-    """
-    pool = swappable.nonzero().squeeze(1)
-    eligible = (labels != -100) & swappable[ids]
-    hit = eligible & (torch.rand(ids.shape, generator=generator) < prob)
-    replacement = pool[torch.randint(len(pool), ids.shape, generator=generator)]
-    return torch.where(hit, replacement, ids), torch.where(hit, torch.full_like(labels, -100), labels)
-
-
-def _swappable(tokenizer) -> torch.Tensor:
-    """Word and format tokens, special tokens excluded: the tokens a solution may swap."""
-    from cft_rl.token_classes import ENTROPY_CLASSES, token_class_table
-
-    table = token_class_table(tokenizer)
-    swappable = table != ENTROPY_CLASSES.index("numeric")
-    swappable[tokenizer.all_special_ids] = False
-    return swappable
-
-
-def _batches(tokenizer, corpus: list[tuple[str, str]], config: ToyBuildConfig):
-    """Length-bucketed batches of (input_ids, labels): labels only on solution tokens, -100 elsewhere,
-    with ``config.noise_prob`` of the solution's word and format tokens swapped (:func:`swap_tokens`)."""
-    batch_size = config.batch_size
-    prompts = tokenizer([p for p, _ in corpus], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([c for _, c in corpus], add_special_tokens=False)["input_ids"]
-    rows = [(p + c, [-100] * len(p) + c) for p, c in zip(prompts, completions, strict=True)]
-    rng = random.Random(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    swappable = _swappable(tokenizer)
-    while True:  # epochs: shuffle, sort within chunks of 50 batches to cut padding, shuffle the batches
-        rng.shuffle(rows)
-        chunk = batch_size * 50
-        batches = []
-        for i in range(0, len(rows), chunk):
-            part = sorted(rows[i : i + chunk], key=lambda r: len(r[0]))
-            batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
-        rng.shuffle(batches)
-        for batch in batches:
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-            labels = torch.full((len(batch), width), -100)
-            for k, (x, y) in enumerate(batch):
-                ids[k, : len(x)], labels[k, : len(y)] = torch.tensor(x), torch.tensor(y)
-            if config.noise_prob > 0:
-                ids, labels = swap_tokens(ids, labels, swappable, config.noise_prob, generator)
-            yield ids, labels
-
-
 def _pretrain(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool):
     with cpu_float_math(config.threads):
         return _pretrain_loop(model, tokenizer, corpus, config, progress)
@@ -305,7 +283,7 @@ def _pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: b
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.01
     )
     model.train()
-    batches = _batches(tokenizer, corpus, config)
+    batches = batches_of(tokenizer, corpus, config)
     bar = tqdm(range(config.steps), desc="pretrain toy model", disable=not progress)
     for step in bar:
         warm = min(1.0, (step + 1) / config.warmup_steps)
@@ -348,7 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from cft_rl.config_types import config_from_flags, config_parser, parse_flags, unknown_key
-    from cft_rl.toy.presets import PRESETS, preset
 
     argv = sys.argv[1:] if argv is None else list(argv)
     description = "build (or reuse) the toy task, tokenizer and base model in --out"

@@ -195,7 +195,9 @@ def generate_problem(rng: random.Random, cfg: ToyTaskConfig) -> Problem:
             break
     name = rng.choice(NAMES)
     item = rng.choice(ITEMS)
-    distractors = tuple(_distractor(rng, name, item) for _ in range(cfg.max_distractors) if rng.random() < cfg.distractor_prob)
+    distractors = tuple(
+        _distractor(rng, name, item) for _ in range(cfg.max_distractors) if rng.random() < cfg.distractor_prob
+    )
     return Problem(name, item, rng.choice(CONTAINERS), rng.choice(FRIENDS), start, tuple(events), distractors)
 
 
