@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline by design: the toy world needs no hub, and tests must never reach one.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test test-slow quality format demo experiment toy bench-verifier bench-toy bench-annotate bench-sft bench-threads bench-demo clean
+.PHONY: install test test-slow quality format demo experiment toy bench-verifier bench-toy bench-annotate bench-sft bench-threads bench-demo bench-warmstarts clean
 
 install: $(STAMP)
 
@@ -60,6 +60,11 @@ bench-threads: $(STAMP)
 
 bench-demo: demo
 	$(OFFLINE) $(BIN)/python scripts/bench_demo.py --pipeline outputs/pipeline/toy
+
+# Each SFT warm start of the experiment against the base model, sampled afresh from its sft stages
+# (unfinished arms are refused); the greedy column comes from its eval stages, which run last.
+bench-warmstarts: $(STAMP)
+	$(OFFLINE) $(BIN)/python scripts/bench_warmstarts.py --pipeline outputs/pipeline/toy-experiment
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
