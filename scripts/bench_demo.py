@@ -1,6 +1,7 @@
 """The demo's figures: wall time per stage and what the toy experiment showed, from a finished pipeline.
 
     make demo && python scripts/bench_demo.py --pipeline outputs/pipeline/toy
+    make experiment && python scripts/bench_demo.py --pipeline outputs/pipeline/toy --section experiment
 
 Reads the stage manifests (each records its own seconds) and the report, so the figures are those of
 the run itself rather than of a second run. Run the pipeline from scratch (a fresh output_dir) for a
@@ -86,10 +87,26 @@ def probe_table(manifests: list[dict]) -> str:
     return markdown_table(["arm", "seeds", "last step", "`probe/pass@1`", "`probe/entropy`"], rows)
 
 
+HEADLINES = ("## Verdict", "## Controls", "## RL learning")
+TITLES = {
+    "demo": "## The demo: `make demo` (recipes/toy/pipeline.yaml)",
+    "experiment": "## The powered experiment: `make experiment` (recipes/toy/experiment.yaml)",
+}
+BUDGETS = {"demo": 20, "experiment": 90}
+
+
+def report_sections(report: str, headings: tuple[str, ...]) -> str:
+    """The report's sections whose heading starts with one of ``headings``, verbatim, one level down."""
+    parts = ["\n## " + p for p in report.split("\n## ")[1:]]
+    keep = [p.strip() for p in parts if p.strip().startswith(headings)]
+    return "\n\n".join("#" + p for p in keep)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="outputs/pipeline/toy", help="a finished pipeline's output_dir")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")
+    parser.add_argument("--section", choices=list(TITLES), default="demo", help="which recipe ran")
     args = parser.parse_args(argv)
     root = Path(args.pipeline)
     manifests = load_manifests(root)
@@ -97,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     report = (root / "compare" / "report.md").read_text()
     accuracy = report.split("## Accuracy (greedy, %)", 1)[1].split("\n## ", 1)[0].strip()
     body = (
-        "## The demo: `make demo` (recipes/toy/pipeline.yaml)\n\n"
-        f"From scratch on this machine: **{total / 60:.1f} min** (budget: 20 min on 2 cores, setup excluded): "
-        "the sum of the times the stage manifests recorded, each stage run once.\n\n"
+        f"{TITLES[args.section]}\n\n"
+        f"From scratch on this machine: **{total / 60:.1f} min** (budget: {BUDGETS[args.section]} min on 2 "
+        "cores, setup excluded): the sum of the times the stage manifests recorded, each stage run once.\n\n"
+        f"{report_sections(report, HEADLINES)}\n\n"
         f"{times}\n\nGRPO training reward (windows of up to 20 steps; with fewer steps they overlap):\n\n"
         f"{reward_table(manifests)}\n\nThe fixed probe (held-out prompts, T=1), first and last probe, mean over seeds:\n\n"
         f"{probe_table(manifests)}\n\nGreedy accuracy on the toy test split (%):\n\n{accuracy}\n\n"
@@ -107,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if not args.no_write:
-        command = "make demo && python scripts/bench_demo.py " + " ".join(
+        command = f"make {args.section} && python scripts/bench_demo.py " + " ".join(
             argv if argv is not None else sys.argv[1:]
         )
-        write_section("demo", body, command.strip())
+        write_section(args.section, body, command.strip())
     return 0
 
 

@@ -21,13 +21,13 @@ from cft_rl.pipeline.recipe import Recipe, Stage, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "recipes" / "toy" / "experiment.yaml"
+DEMO = ROOT / "recipes" / "toy" / "pipeline.yaml"
 BASELINE, CFT, COUNT_CONTROL = "full", "critical", "random"
 POSITIVE, NEGATIVE = "collapse", "full_replica"  # built to lose diversity / built to change nothing
 MIN_SEEDS = 5
 MIN_STEPS_RATIO = 5  # the collapse arm trains at least this many times full's optimizer steps
 # What the collapse arm may change to train harder; everything else is full's.
 COLLAPSE_KNOBS = {"num_train_epochs", "max_steps", "learning_rate"}
-SFTKEY_KNOBS = {"strategy", "sftkey_stage2_epochs", "sftkey_stage2_max_steps", "sftkey_stage2_learning_rate"}
 
 
 @dataclass
@@ -119,13 +119,6 @@ def check_random(p: Planned) -> None:
     assert not other, f"{COUNT_CONTROL} differs from {CFT} beyond which tokens: {sorted(other)}"
 
 
-def check_sftkey(p: Planned) -> None:
-    full, sftkey = p.sft(BASELINE), p.sft("sftkey")
-    assert sftkey["strategy"] == "sftkey"
-    other = _differing(full, sftkey) - {"output_dir"} - SFTKEY_KNOBS
-    assert not other, f"sftkey's first stage must be {BASELINE}'s run; it changes {sorted(other)}"
-
-
 def check_grpo(p: Planned) -> None:
     """Every GRPO run has the baseline's first run's settings but for its warm start, seed and folder."""
     reference = p.grpo_runs(BASELINE)[0].settings
@@ -146,12 +139,38 @@ def check_seeds(p: Planned) -> None:
         assert ran == sorted(seeds), f"arm {arm!r} runs GRPO seeds {ran}, not {seeds}"
 
 
-CHECKS = [check_arms, check_replica, check_collapse, check_random, check_sftkey, check_grpo, check_seeds]
+CHECKS = [check_arms, check_replica, check_collapse, check_random, check_grpo, check_seeds]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_the_experiment_has_its_controls(check):
     check(_planned(_raw()))
+
+
+def _demo_reused(demo: dict, experiment: dict) -> None:
+    """Every stage of the demo but its report is a stage of the experiment with the same key, so
+    ``make experiment`` after ``make demo`` reruns none of them."""
+    ours = {s.name: s.key for s in plan(Recipe.from_dict(experiment))}
+    theirs = {s.name: s.key for s in plan(Recipe.from_dict(demo)) if s.kind != "compare"}
+    missing = sorted(n for n in theirs if n not in ours)
+    assert not missing, f"the experiment lacks the demo's stages {missing}"
+    changed = sorted(n for n, k in theirs.items() if ours[n] != k)
+    assert not changed, f"the experiment would rerun the demo's stages {changed}: their settings differ"
+
+
+def test_the_experiment_reuses_every_stage_of_the_demo():
+    demo = yaml.safe_load(DEMO.read_text())
+    _demo_reused(demo, _raw())
+    assert demo["output_dir"] == _raw()["output_dir"]
+    for section, key, value in [
+        ("annotate", "limit", 999),
+        ("grpo", "learning_rate", 3e-5),
+        ("sft", "seed", 7),
+    ]:
+        broken = copy.deepcopy(demo)
+        broken[section][key] = value
+        with pytest.raises(AssertionError, match="would rerun"):
+            _demo_reused(broken, _raw())
 
 
 # --- each check fails on a recipe broken its way ---------------------------------------------------
@@ -207,7 +226,6 @@ BREAKS = [
     ("random at a fixed fraction", _set(COUNT_CONTROL, selection_fraction=0.2), None, check_random),
     ("a shared fixed fraction", _shared("sft", selection_fraction=0.2), None, check_random),
     ("random with its own rate", _set(COUNT_CONTROL, learning_rate=3e-4), None, check_random),
-    ("sftkey with its own rate", _set("sftkey", learning_rate=3e-4), None, check_sftkey),
     ("three seeds", _shared("grpo", seeds=[0, 1, 2]), None, check_seeds),
     ("one GRPO run missing", None, _drop_stage("grpo/random/seed4"), check_seeds),
     ("one GRPO run's rate", None, _grpo_stage("grpo/critical/seed3", learning_rate=1e-3), check_grpo),
