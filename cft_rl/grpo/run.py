@@ -75,9 +75,9 @@ class GRPORunConfig(GRPOConfig):
         adapter_mode: When the warm-start directory holds a LoRA adapter: ``merge`` it into its base
             model and train the full model, or ``train`` the adapter itself (base frozen).
         trainable_parameters: fnmatch patterns of parameter names to train; every other parameter is
-            frozen. None: all. ``["*norm*"]`` is LayerNorm tuning: on the 0.46M toy model, full-parameter
-            Adam harms the policy faster than RL's signal builds up, while the normalisation weights
-            alone let RL sharpen it (docs/benchmarks.md, "GRPO on the toy"). Not with a LoRA adapter.
+            frozen. None: all (what the toy recipes train). ``["*norm*"]`` is LayerNorm tuning: cheap,
+            but on a small model it mostly rescales the logits, a temperature change. Not with a LoRA
+            adapter.
         reward_funcs: Reward functions, by registered name (``math_reward``, ``format_reward``) or
             dotted import path (``pkg.module.func``).
         correct_reward: Name of the reward whose value decides correctness for ``explore/pass@k``

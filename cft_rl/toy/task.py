@@ -64,11 +64,13 @@ class ToyTaskConfig:
             the numbers and operators that decide the answer are a minority of its tokens, as in real
             solutions (without them, digits and operators are 37% of the toy's tokens).
         hard_prob / hard_factors: chance a problem ends by multiplying the count by a factor drawn
-            from ``hard_factors`` (a count of up to 60 times 4 to 9: a product a tiny model learns far
-            later than the rest). Graded difficulty: the easy problems are learnt, the hard ones mostly
-            not, so accuracy sits on a plateau between the two instead of on the cliff where the
-            arithmetic clicks (with easy problems only, greedy accuracy went from 19% to 77% between
-            600 and 1200 pretraining steps).
+            from ``hard_factors`` (a count of up to 60 times 4 to 9). Such a problem is ``hard``: the
+            toy build leaves hard problems out of pretraining (``ToyBuildConfig.pretrain_hard``), so
+            its base model has not learnt that skill, as any base model lacks some. Graded difficulty
+            puts accuracy on a plateau (the easy problems learnt, the hard ones not) instead of on the
+            cliff where the arithmetic clicks: with easy problems only, greedy accuracy rose from 19%
+            to 77% between 600 and 1200 pretraining steps, and with hard ones in pretraining the step
+            where it rose varied by more than 700 steps between two seeds.
     """
 
     min_steps: int = 2
@@ -114,6 +116,7 @@ class Problem:
     start: int
     events: tuple[Event, ...]
     distractors: tuple[str, ...] = field(default_factory=tuple)
+    hard: bool = False  # ends with a multiplication by one of the task's hard factors
 
     @property
     def answer(self) -> int:
@@ -201,14 +204,16 @@ def generate_problem(rng: random.Random, cfg: ToyTaskConfig) -> Problem:
             value = value * e.amount if e.kind == "double" else value + _sign(e) * e.amount
         if cfg.min_steps <= steps <= cfg.max_steps:
             break
-    if rng.random() < cfg.hard_prob and value >= 2:
+    hard = rng.random() < cfg.hard_prob and value >= 2
+    if hard:
         events.append(Event("double", rng.randint(*cfg.hard_factors)))
     name = rng.choice(NAMES)
     item = rng.choice(ITEMS)
     distractors = tuple(
         _distractor(rng, name, item) for _ in range(cfg.max_distractors) if rng.random() < cfg.distractor_prob
     )
-    return Problem(name, item, rng.choice(CONTAINERS), rng.choice(FRIENDS), start, tuple(events), distractors)
+    container, friend = rng.choice(CONTAINERS), rng.choice(FRIENDS)
+    return Problem(name, item, container, friend, start, tuple(events), distractors, hard)
 
 
 def _distractor(rng: random.Random, name: str, item: str) -> str:
