@@ -42,13 +42,22 @@ def test_splits_never_share_a_problem():
 
 
 def test_problems_respect_their_settings():
-    cfg = ToyTaskConfig(min_steps=3, max_steps=4, max_value=60)
+    cfg = ToyTaskConfig(min_steps=3, max_steps=4, max_value=60, hard_prob=0.4, hard_factors=(4, 9))
     rng = random.Random(0)
-    for _ in range(200):
+    hard = 0
+    for _ in range(400):
         p = generate_problem(rng, cfg)
         steps = sum(2 if e.factor else 1 for e in p.events)
-        assert 3 <= steps <= 4
-        assert 0 <= p.answer <= 60
+        if p.hard:  # the easy chain, then one multiplication by a hard factor
+            hard += 1
+            last = p.events[-1]
+            assert last.kind == "double" and 4 <= last.amount <= 9
+            assert 3 <= steps - 1 <= 4 and 0 <= p.answer <= 60 * 9
+        else:
+            assert 3 <= steps <= 4 and 0 <= p.answer <= 60
+            assert all(e.amount <= 3 for e in p.events if e.kind == "double")
+    assert 0.3 < hard / 400 < 0.5
+    assert not any(generate_problem(rng, ToyTaskConfig(hard_prob=0.0)).hard for _ in range(100))
 
 
 def _check_arithmetic(solution: str, answer: int) -> None:
@@ -184,3 +193,17 @@ def test_pretraining_batches_swap_words_but_never_digits(toy_dir):
         assert (labels1[changed] == -100).all() and (labels0[changed] != -100).all()
         assert all(token_class(tokenizer.decode([int(i)])) not in ("digit", "operator") for i in ids0[changed])
     assert swapped > 0
+
+
+@pytest.mark.parametrize("pretrain_hard", [False, True])
+def test_pretraining_leaves_the_hard_problems_out_unless_asked(tmp_path, monkeypatch, pretrain_hard):
+    import cft_rl.toy.build as toy_module
+
+    seen = []
+    real = toy_module.pretraining_corpus
+    monkeypatch.setattr(toy_module, "pretraining_corpus", lambda ps, c: seen.extend(ps) or real(ps, c))
+    monkeypatch.setattr(toy_module, "_pretrain", lambda model, *a, **k: model)
+    config = ToyBuildConfig.tiny(pretrain_hard=pretrain_hard, n_pretrain=200)
+    build_toy(tmp_path / "world", config, progress=False)
+    hard = sum(p.hard for p in seen)
+    assert len(seen) > 100 and (hard > 30 if pretrain_hard else hard == 0)

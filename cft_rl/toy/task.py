@@ -48,12 +48,14 @@ class ToyTaskConfig:
     into the build's cache key.
 
     Args:
-        min_steps / max_steps: arithmetic steps per problem (each ``a op b = c`` is one step).
+        min_steps / max_steps: arithmetic steps per problem (each ``a op b = c`` is one step), before
+            a hard problem's final multiplication.
         operations: allowed step kinds among ``+`` (buy), ``-`` (give away), ``*`` (boxes, doubling).
         max_start: the starting count is drawn from ``[2, max_start]``.
         max_operand: bought/given counts and per-box contents are drawn from ``[1, max_operand]``.
         max_factor: numbers of boxes/friends and multipliers are drawn from ``[2, max_factor]``.
-        max_value: no intermediate result exceeds this (keeps numbers short for a tiny model).
+        max_value: no intermediate result exceeds this (keeps numbers short for a tiny model), but for
+            a hard problem's final product.
         distractor_prob / max_distractors: chance of each of up to ``max_distractors`` irrelevant
             sentences with numbers. They make a problem harder to read without making its solution
             longer: difficulty that costs prompt tokens, which are cheap, not generated ones.
