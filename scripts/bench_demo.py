@@ -87,6 +87,23 @@ def probe_table(manifests: list[dict]) -> str:
     return markdown_table(["arm", "seeds", "last step", "`probe/pass@1`", "`probe/entropy`"], rows)
 
 
+def annotation_table(manifests: list[dict]) -> str:
+    """The annotate stage's summary: solutions annotated, critical fraction overall and by token class."""
+    summary = next((m["outputs"]["summary"] for m in manifests if m["kind"] == "annotate"), None)
+    if not summary:
+        return "(no annotate stage)"
+    rows = [
+        ["all", summary["total_tokens"], summary["critical_tokens"], f"{summary['critical_fraction']:.1%}"]
+    ]
+    for name, c in sorted(summary["by_class"].items()):
+        rows.append([name, c["tokens"], c["critical"], f"{c['fraction']:.1%}"])
+    head = (
+        f"Critical tokens of the base model's own correct greedy solutions: {summary['annotated']} of "
+        f"{summary['total_rows']} train problems solved and annotated.\n\n"
+    )
+    return head + markdown_table(["token class", "tokens", "critical", "critical fraction"], rows)
+
+
 HEADLINES = ("## Verdict", "## Controls", "## RL learning")
 TITLES = {
     "demo": "## The demo: `make demo` (recipes/toy/pipeline.yaml)",
@@ -117,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{TITLES[args.section]}\n\n"
         f"From scratch on this machine: **{total / 60:.1f} min** (budget: {BUDGETS[args.section]} min on 2 "
         "cores, setup excluded): the sum of the times the stage manifests recorded, each stage run once.\n\n"
-        f"{report_sections(report, HEADLINES)}\n\n"
+        f"{report_sections(report, HEADLINES)}\n\n{annotation_table(manifests)}\n\n"
         f"{times}\n\nGRPO training reward (windows of up to 20 steps; with fewer steps they overlap):\n\n"
         f"{reward_table(manifests)}\n\nThe fixed probe (held-out prompts, T=1), first and last probe, mean over seeds:\n\n"
         f"{probe_table(manifests)}\n\nGreedy accuracy on the toy test split (%):\n\n{accuracy}\n\n"
