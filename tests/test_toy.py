@@ -191,7 +191,9 @@ def test_pretraining_batches_swap_words_but_never_digits(toy_dir):
         changed = ids0 != ids1
         swapped += int(changed.sum())
         assert (labels1[changed] == -100).all() and (labels0[changed] != -100).all()
-        assert all(token_class(tokenizer.decode([int(i)])) not in ("digit", "operator") for i in ids0[changed])
+        assert all(
+            token_class(tokenizer.decode([int(i)])) not in ("digit", "operator") for i in ids0[changed]
+        )
     assert swapped > 0
 
 
