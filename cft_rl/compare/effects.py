@@ -87,6 +87,11 @@ def _groups(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndar
     return x, y
 
 
+def _welch_df(va: float, vb: float, n_a: int, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom from each arm's squared standard error and seed count."""
+    return (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+
+
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
     """mean(a) - mean(b) with Welch's t interval (unequal variances, Welch-Satterthwaite df)."""
     x, y = _groups(a, b)
@@ -97,7 +102,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = C
     se = math.sqrt(va + vb)
     if se == 0:
         return Interval(diff, diff, diff, "t", "no spread across seeds in either arm")
-    df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
+    df = _welch_df(va, vb, len(x), len(y))
     half = t_quantile(0.5 + confidence / 2, df) * se
     return Interval(diff, diff - half, diff + half, "t")
 
@@ -176,7 +181,7 @@ def minimum_detectable_difference(
     va, vb = sd_a**2 / n_a, sd_b**2 / n_b
     if va + vb == 0:
         return None
-    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    df = _welch_df(va, vb, n_a, n_b)
     return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * math.sqrt(va + vb)
 
 
