@@ -31,10 +31,11 @@ from typing import Literal
 
 import yaml
 
+from cft_rl.pipeline.sections import EVAL_MODELS, PIPELINE_KEYS, REQUIRED_ARMS, pipeline_keys
+
 SECTIONS = ("toy", "annotate", "sft", "grpo", "eval", "compare")
 TOP_LEVEL = ("output_dir", "model_name_or_path", "dataset_name", "dataset_train_split", "launch")
 TOP_LEVEL += ("threads", *SECTIONS)
-REQUIRED_ARMS = ("full", "critical")
 # Keys the pipeline sets itself: each stage's paths, and the per-arm/per-seed fields.
 RESERVED = {
     "annotate": {"model", "dataset", "out", "num_shards", "shard_index"},
@@ -43,50 +44,6 @@ RESERVED = {
     "eval": {"model", "out"},
     "compare": {"runs", "labels", "out"},
 }
-EVAL_MODELS = ("base", "sft", "grpo")
-
-
-# The sections' own keys, which are no field of the job's config: dataclasses too, so that they are
-# checked (name and type) the way the job's fields are.
-@dataclass
-class LaunchedSection:
-    """Pipeline keys of a section whose jobs can run under a launcher.
-
-    Parameters:
-        launch: the launcher command of this section's jobs (default: the recipe's ``launch``).
-    """
-
-    launch: str | None = None
-
-
-@dataclass
-class SFTSection(LaunchedSection):
-    """``sft.arms``: strategy names, or mappings with ``name``, ``strategy`` and any SFT field."""
-
-    arms: list[str | dict] = field(default_factory=lambda: list(REQUIRED_ARMS))
-
-
-@dataclass
-class GRPOSection(LaunchedSection):
-    """``grpo.seeds``: one GRPO run per seed and arm."""
-
-    seeds: list[int] = field(default_factory=lambda: [0])
-
-
-@dataclass
-class EvalSection:
-    """``eval.models``: which are evaluated: ``base``, ``sft`` (each arm), ``grpo`` (each run)."""
-
-    models: list[str] = field(default_factory=lambda: list(EVAL_MODELS))
-
-
-PIPELINE_KEYS = {"annotate": LaunchedSection, "sft": SFTSection, "grpo": GRPOSection, "eval": EvalSection}
-
-
-def pipeline_keys(section: str) -> set[str]:
-    """The keys of ``section`` that the pipeline takes itself (not passed to the job)."""
-    cls = PIPELINE_KEYS.get(section)
-    return {f.name for f in dataclasses.fields(cls)} if cls else set()
 
 
 # Settings that do not change a stage's results; left out of its key so changing them reruns nothing.
