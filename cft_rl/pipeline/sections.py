@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 REQUIRED_ARMS = ("full", "critical")
 EVAL_MODELS = ("base", "sft", "grpo")
+SFT_SEED_STRIDE = 1000  # sft.seed_per_grpo_seed: GRPO seed s starts from SFT seed <the arm's> + 1000 * s
 
 
 @dataclass
@@ -27,9 +28,26 @@ class LaunchedSection:
 
 @dataclass
 class SFTSection(LaunchedSection):
-    """``sft.arms``: strategy names, or mappings with ``name``, ``strategy`` and any SFT field."""
+    """Pipeline keys of the ``sft`` section.
+
+    Parameters:
+        arms (`list[str | dict]`, *optional*, defaults to `["full", "critical"]`):
+            strategy names, or mappings with ``name``, ``strategy`` and any SFT field.
+        seed_per_grpo_seed (`bool`, *optional*, defaults to `False`):
+            one SFT run per arm and GRPO seed. For GRPO seed ``s``, stage ``sft/<arm>/seed<s>`` trains
+            at SFT ``seed`` = the arm's seed (its own ``seed``, else ``sft.seed``, else
+            SelectiveSFTConfig's default) + ``1000 * s``; ``grpo/<arm>/seed<s>`` starts from it, and it
+            is evaluated as ``eval/sft/<arm>/seed<s>`` (when ``eval.models`` has ``sft``). Why: with one
+            warm start per arm, every GRPO seed of the arm shares it, so intervals over seeds miss the
+            warm start's own variance, and the negative control (``full_replica``: full at another SFT
+            seed) can come out "different" from full. With this on, each seed is a whole SFT -> GRPO
+            replicate. The stride 1000: arms whose seeds differ by less (full 42, full_replica 43) never
+            share an SFT seed, whatever the GRPO seeds. ``False``: one ``sft/<arm>`` per arm, which
+            every GRPO seed starts from.
+    """
 
     arms: list[str | dict] = field(default_factory=lambda: list(REQUIRED_ARMS))
+    seed_per_grpo_seed: bool = False
 
 
 @dataclass
