@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +36,13 @@ class Planned:
     recipe: Recipe
     stages: dict[str, Stage]
 
-    def sft(self, arm: str) -> dict:
-        """The arm's SFT settings with every unset field at its config default, so that a value
-        written out and the same value left to the default compare equal."""
-        return {**_sft_defaults(), **self.stages[f"sft/{arm}"].settings}
+    def sft(self, arm: str, seed: int) -> dict:
+        """The settings of the arm's SFT run for GRPO seed ``seed`` with every unset field at its config
+        default, so that a value written out and the same value left to the default compare equal."""
+        return {**_sft_defaults(), **self.stages[f"sft/{arm}/seed{seed}"].settings}
+
+    def sft_runs(self) -> list[Stage]:
+        return [s for s in self.stages.values() if s.kind == "sft"]
 
     def grpo_runs(self, arm: str) -> list[Stage]:
         return [s for s in self.stages.values() if s.kind == "grpo" and s.name.split("/")[1] == arm]
@@ -90,33 +94,49 @@ def check_arms(p: Planned) -> None:
 
 
 def check_replica(p: Planned) -> None:
-    full, replica = p.sft(BASELINE), p.sft(NEGATIVE)
-    assert _differing(full, replica) - {"output_dir"} == {"seed"}, (
-        f"{NEGATIVE} must be {BASELINE} with another SFT seed and nothing else: "
-        f"it differs in {sorted(_differing(full, replica) - {'output_dir'}) or 'nothing: give it another seed'}"
-    )
+    for seed in p.recipe.seeds():
+        full, replica = p.sft(BASELINE, seed), p.sft(NEGATIVE, seed)
+        differing = _differing(full, replica) - {"output_dir"}
+        assert differing == {"seed"}, (
+            f"{NEGATIVE} must be {BASELINE} with another SFT seed and nothing else: at GRPO seed {seed} "
+            f"it differs in {sorted(differing) or 'nothing: give it another seed'}"
+        )
+
+
+def check_no_shared_sft_seed(p: Planned) -> None:
+    """No two SFT runs that differ only in seed share one: they would be one run twice, so the replica
+    would match full by construction and an arm's seeds would not be independent warm starts. Arms
+    that differ in more (critical against full) may share a seed: each GRPO seed pairs them."""
+    seen: dict[str, str] = {}
+    for stage in p.sft_runs():
+        settings = {k: v for k, v in {**_sft_defaults(), **stage.settings}.items() if k != "output_dir"}
+        same = json.dumps(settings, sort_keys=True, default=str)
+        assert same not in seen, f"{stage.name} is {seen[same]} again (SFT seed {settings['seed']})"
+        seen[same] = stage.name
 
 
 def check_collapse(p: Planned) -> None:
-    full, collapse = p.sft(BASELINE), p.sft(POSITIVE)
-    assert collapse["strategy"] == "full", f"{POSITIVE} must train every token (strategy full)"
-    other = _differing(full, collapse) - {"output_dir"} - COLLAPSE_KNOBS
-    assert not other, f"{POSITIVE} may change only {sorted(COLLAPSE_KNOBS)}; it changes {sorted(other)}"
-    assert collapse["learning_rate"] >= full["learning_rate"], f"{POSITIVE} must not train gentler"
-    # The annotated rows are not known before annotation: every count it can yield must hold.
-    for rows in range(1, (p.recipe.annotate.get("limit") or 1024) + 1):
-        ratio = optimizer_steps(collapse, rows) / optimizer_steps(full, rows)
-        assert ratio >= MIN_STEPS_RATIO, f"{POSITIVE}: {ratio:.1f}x full's steps on {rows} rows"
+    for seed in p.recipe.seeds():
+        full, collapse = p.sft(BASELINE, seed), p.sft(POSITIVE, seed)
+        assert collapse["strategy"] == "full", f"{POSITIVE} must train every token (strategy full)"
+        other = _differing(full, collapse) - {"output_dir"} - COLLAPSE_KNOBS
+        assert not other, f"{POSITIVE} may change only {sorted(COLLAPSE_KNOBS)}; it changes {sorted(other)}"
+        assert collapse["learning_rate"] >= full["learning_rate"], f"{POSITIVE} must not train gentler"
+        # The annotated rows are not known before annotation: every count it can yield must hold.
+        for rows in range(1, (p.recipe.annotate.get("limit") or 1024) + 1):
+            ratio = optimizer_steps(collapse, rows) / optimizer_steps(full, rows)
+            assert ratio >= MIN_STEPS_RATIO, f"{POSITIVE}: {ratio:.1f}x full's steps on {rows} rows"
 
 
 def check_random(p: Planned) -> None:
-    critical, random = p.sft(CFT), p.sft(COUNT_CONTROL)
-    assert random["strategy"] == "random"
-    assert random["selection_fraction"] is None, (
-        f"{COUNT_CONTROL} must match each row's critical count: remove selection_fraction"
-    )
-    other = _differing(critical, random) - {"output_dir", "strategy", "selection_seed"}
-    assert not other, f"{COUNT_CONTROL} differs from {CFT} beyond which tokens: {sorted(other)}"
+    for seed in p.recipe.seeds():
+        critical, random = p.sft(CFT, seed), p.sft(COUNT_CONTROL, seed)
+        assert random["strategy"] == "random"
+        assert random["selection_fraction"] is None, (
+            f"{COUNT_CONTROL} must match each row's critical count: remove selection_fraction"
+        )
+        other = _differing(critical, random) - {"output_dir", "strategy", "selection_seed"}
+        assert not other, f"{COUNT_CONTROL} differs from {CFT} beyond which tokens: {sorted(other)}"
 
 
 def check_grpo(p: Planned) -> None:
@@ -126,9 +146,22 @@ def check_grpo(p: Planned) -> None:
         for stage in p.grpo_runs(arm):
             seed = int(stage.name.rsplit("seed", 1)[1])
             assert stage.settings["seed"] == seed, f"{stage.name} runs GRPO seed {stage.settings['seed']}"
-            assert stage.settings["model_name_or_path"] == p.stages[f"sft/{arm}"].settings["output_dir"]
             other = _differing(reference, stage.settings) - {"model_name_or_path", "output_dir", "seed"}
             assert not other, f"{stage.name}: GRPO settings differ from the baseline's in {sorted(other)}"
+
+
+def check_warm_starts(p: Planned) -> None:
+    """Each GRPO run of an arm starts from (and waits for) the arm's SFT run of its own seed, so the
+    seeds are whole SFT -> GRPO replicates and their spread includes the warm start's."""
+    for arm in p.recipe.arms():
+        for stage in p.grpo_runs(arm):
+            seed = stage.name.rsplit("/", 1)[1]
+            sft = p.stages.get(f"sft/{arm}/{seed}")
+            assert sft is not None, f"{stage.name} has no SFT run of its own (sft/{arm}/{seed})"
+            assert stage.settings["model_name_or_path"] == sft.settings["output_dir"], (
+                f"{stage.name} starts from {stage.settings['model_name_or_path']}, not {sft.name}"
+            )
+            assert [n for n in stage.inputs if n.startswith("sft/")] == [sft.name], stage.inputs
 
 
 def check_seeds(p: Planned) -> None:
@@ -139,7 +172,16 @@ def check_seeds(p: Planned) -> None:
         assert ran == sorted(seeds), f"arm {arm!r} runs GRPO seeds {ran}, not {seeds}"
 
 
-CHECKS = [check_arms, check_replica, check_collapse, check_random, check_grpo, check_seeds]
+CHECKS = [
+    check_arms,
+    check_replica,
+    check_no_shared_sft_seed,
+    check_collapse,
+    check_random,
+    check_grpo,
+    check_warm_starts,
+    check_seeds,
+]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -211,12 +253,34 @@ def _drop_stage(name: str):
     return lambda p: p.stages.pop(name)
 
 
+def _start_from(name: str, sft: str):
+    """GRPO stage ``name`` pointed at the SFT stage ``sft``'s folder (its inputs left as they were)."""
+    return lambda p: p.stages[name].settings.update(model_name_or_path=p.stages[sft].settings["output_dir"])
+
+
+def _wait_for(name: str, sft: str):
+    """GRPO stage ``name`` made to wait for the SFT stage ``sft`` instead of its own."""
+    return lambda p: p.stages[name].inputs.__setitem__(0, sft)
+
+
+def _same_seed(name: str, other: str):
+    return lambda p: p.stages[name].settings.update(seed=p.stages[other].settings["seed"])
+
+
 # (what breaks, recipe edit, edit of the plan, the check that must catch it)
 BREAKS = [
     ("replica changes the rate too", _set(NEGATIVE, learning_rate=2e-4), None, check_replica),
     ("replica keeps full's seed", _unset(NEGATIVE, "seed"), None, check_replica),
     ("replica writes full's seed out", _set(NEGATIVE, seed=42), None, check_replica),
     ("replica changes the batch order only", _set(NEGATIVE, seed=42, data_seed=7), None, check_replica),
+    ("replica on full's next seeds", _set(NEGATIVE, seed=1042), None, check_no_shared_sft_seed),
+    ("replica on full's seeds", _unset(NEGATIVE, "seed"), None, check_no_shared_sft_seed),
+    (
+        "an arm's seed run twice",
+        None,
+        _same_seed("sft/random/seed3", "sft/random/seed1"),
+        check_no_shared_sft_seed,
+    ),
     ("collapse trains only 2x", _set(POSITIVE, num_train_epochs=4), None, check_collapse),
     ("collapse at 4.9x", _set(POSITIVE, num_train_epochs=9.8), None, check_collapse),
     ("collapse in a few max_steps", _set(POSITIVE, max_steps=10), None, check_collapse),
@@ -230,6 +294,20 @@ BREAKS = [
     ("one GRPO run missing", None, _drop_stage("grpo/random/seed4"), check_seeds),
     ("one GRPO run's rate", None, _grpo_stage("grpo/critical/seed3", learning_rate=1e-3), check_grpo),
     ("one GRPO run's seed", None, _grpo_stage("grpo/collapse/seed2", seed=0), check_grpo),
+    ("one SFT run for every seed", _shared("sft", seed_per_grpo_seed=False), None, check_warm_starts),
+    (
+        "GRPO from another seed's SFT",
+        None,
+        _start_from("grpo/critical/seed3", "sft/critical/seed0"),
+        check_warm_starts,
+    ),
+    (
+        "GRPO from another arm's SFT",
+        None,
+        _start_from("grpo/full/seed1", "sft/full_replica/seed1"),
+        check_warm_starts,
+    ),
+    ("GRPO waits for another seed", None, _wait_for("grpo/full/seed2", "sft/full/seed1"), check_warm_starts),
     ("no replica", lambda v: _drop_arm(v, NEGATIVE), None, check_arms),
     ("no collapse", lambda v: _drop_arm(v, POSITIVE), None, check_arms),
     ("no random", lambda v: _drop_arm(v, COUNT_CONTROL), None, check_arms),
@@ -274,12 +352,13 @@ def _annotated_rows():
 
 
 def _prepared(p: Planned, arm: str, rows, tokenizer, tmp_path, **overrides) -> dict[str, list[float]]:
-    """{row id: completion weights} of ``arm``'s stage settings through ``prepare_dataset``."""
+    """{row id: completion weights} of ``arm``'s first SFT run's settings through ``prepare_dataset``."""
     from cft_rl.sft.prepare import prepare_dataset
     from cft_rl.sft.trainer import SelectiveSFTConfig
 
     fields = {f.name for f in dataclasses.fields(SelectiveSFTConfig)}
-    settings = {k: v for k, v in p.stages[f"sft/{arm}"].settings.items() if k in fields}
+    stage = p.stages[f"sft/{arm}/seed{p.recipe.seeds()[0]}"]
+    settings = {k: v for k, v in stage.settings.items() if k in fields}
     args = SelectiveSFTConfig(**{**settings, "output_dir": str(tmp_path / arm), **overrides})
     prepared, _ = prepare_dataset(rows, tokenizer, args)
     ids = [r for r, s in zip(rows["id"], rows["critical_spans"], strict=True) if s]  # kept rows

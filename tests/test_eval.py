@@ -9,7 +9,7 @@ import pytest
 from cft_rl.data.datasets import DataError
 from cft_rl.eval.job import EvalConfig, load_eval_dataset, run_eval
 from cft_rl.eval.scoring import score_groups
-from cft_rl.eval.tables import paper_table
+from cft_rl.eval.tables import accuracy_section, paper_table
 from cft_rl.generation import HFGenerator, Sample
 
 
@@ -102,6 +102,34 @@ def test_paper_table_layout_with_a_missing_benchmark():
     table = paper_table({"toy": results}).splitlines()
     assert table[0].startswith("| Model | GSM8K | MATH500 | SVAMP |") and table[0].endswith("| SAT | Avg. |")
     assert table[2] == "| toy | 50.0 | 25.0 |" + " - |" * 9 + " 37.5* |"
+
+
+def test_accuracy_section_pools_sft_and_grpo_seeds(tmp_path):
+    # The pipeline's table: eval/sft/<arm>/seed<s> (sft.seed_per_grpo_seed) pools as sft/<arm>, as GRPO
+    # runs pool as grpo/<arm>; a model of one run (base, or sft/<arm> trained once) stays one row.
+    accuracies = {
+        "eval/base": 0.40,
+        "eval/sft/full/seed0": 0.50,
+        "eval/sft/full/seed1": 0.60,
+        "eval/sft/critical": 0.45,
+        "eval/grpo/full/seed0": 0.70,
+        "eval/grpo/full/seed1": 0.80,
+    }
+    evals = {}
+    for stage, accuracy in accuracies.items():
+        folder = tmp_path / stage
+        folder.mkdir(parents=True)
+        summary = {"model": stage, "benchmarks": {"toy-test": {"accuracy": accuracy}}}
+        (folder / "summary.json").write_text(json.dumps(summary))
+        evals[stage] = str(folder)
+    text = accuracy_section(evals)
+    pooled, per_seed = text.split("## Accuracy per seed (greedy, %)")
+    assert "| sft/full | 55.0 ± 7.1 (n=2) |" in pooled and "| grpo/full | 75.0 ± 7.1 (n=2) |" in pooled
+    assert "| base | 40.0 |" in pooled and "| sft/critical | 45.0 |" in pooled
+    assert "sft/full/seed" not in pooled
+    for run in ("sft/full/seed0", "sft/full/seed1", "grpo/full/seed1"):
+        assert f"| {run} |" in per_seed
+    assert "| sft/critical |" not in per_seed and "| base |" not in per_seed
 
 
 def test_cli_eval_on_the_toy_model_and_a_benchmark_slice(toy_dir, tmp_path, capsys):

@@ -262,3 +262,103 @@ def test_a_changed_arm_reruns_only_downstream(finished):
 def test_the_pipelines_own_keys_are_dataclass_fields_checked_by_type(tmp_path, override, message):
     with pytest.raises(RecipeError, match=message):
         _recipe(tmp_path, override)
+
+
+# --- sft.seed_per_grpo_seed: one SFT warm start per GRPO seed ----------------------------------------
+
+PER_SEED = "sft.seed_per_grpo_seed=true"
+REPLICA = "sft.arms=[full, critical, {name: full_replica, strategy: full, seed: 43}]"
+
+
+def _stages(recipe: Recipe) -> dict:
+    return {s.name: s for s in plan(recipe)}
+
+
+def _sft_default_seed() -> int:
+    import dataclasses
+
+    from cft_rl.sft.trainer import SelectiveSFTConfig
+
+    return next(f.default for f in dataclasses.fields(SelectiveSFTConfig) if f.name == "seed")
+
+
+def test_one_sft_run_per_arm_and_grpo_seed(tmp_path):
+    stages = plan(_recipe(tmp_path, PER_SEED, REPLICA))
+    names = [s.name for s in stages]
+    # Each seed's SFT runs just before its GRPO runs: a pipeline stopped early has whole replicates.
+    assert names[2:8] == ["sft/full/seed0", "sft/critical/seed0", "sft/full_replica/seed0"] + [
+        f"grpo/{arm}/seed0" for arm in ("full", "critical", "full_replica")
+    ]
+    assert names[8:11] == ["sft/full/seed1", "sft/critical/seed1", "sft/full_replica/seed1"]
+    assert not {"sft/full", "sft/critical", "eval/sft/full"} & set(names)
+    by_name = {s.name: s for s in stages}
+    default = _sft_default_seed()  # the smoke recipe sets no sft.seed
+    for seed in (0, 1):
+        for arm, arm_seed in (("full", default), ("critical", default), ("full_replica", 43)):
+            sft = by_name[f"sft/{arm}/seed{seed}"]
+            assert sft.settings["seed"] == arm_seed + 1000 * seed
+            assert sft.settings["output_dir"] == str(tmp_path / "sft" / arm / f"seed{seed}")
+            grpo = by_name[f"grpo/{arm}/seed{seed}"]
+            assert grpo.settings["model_name_or_path"] == sft.settings["output_dir"]
+            assert grpo.settings["seed"] == seed and grpo.inputs == [sft.name, "toy"]
+            evaluated = by_name[f"eval/sft/{arm}/seed{seed}"]
+            assert evaluated.settings["model"] == sft.settings["output_dir"] and evaluated.inputs == [
+                sft.name
+            ]
+    assert by_name["compare"].settings["labels"] == ["full", "critical", "full_replica"] * 2
+    assert "eval/sft/full/seed1" in by_name["compare"].settings["evals"]
+
+
+def _differing(a: dict, b: dict) -> set[str]:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def test_per_seed_sft_runs_differ_from_the_arm_only_in_seed_and_folder(tmp_path):
+    one = _stages(_recipe(tmp_path, "sft.seed=7"))
+    per_seed = _stages(_recipe(tmp_path, "sft.seed=7", PER_SEED))
+    for arm in ("full", "critical"):
+        for seed in (0, 1):
+            a, b = one[f"sft/{arm}"], per_seed[f"sft/{arm}/seed{seed}"]
+            assert _differing(a.settings, b.settings) == {"output_dir"} | ({"seed"} if seed else set())
+            assert b.settings["seed"] == 7 + 1000 * seed and b.launch == a.launch  # the shared seed
+    # The GRPO runs too differ only in their warm start's folder.
+    for name in ("grpo/full/seed1", "grpo/critical/seed0"):
+        assert _differing(one[name].settings, per_seed[name].settings) == {"model_name_or_path"}
+
+
+def test_the_arm_seed_default_is_read_from_the_sft_config(tmp_path, monkeypatch):
+    import dataclasses
+
+    from cft_rl.sft.trainer import SelectiveSFTConfig
+
+    seed_field = next(f for f in dataclasses.fields(SelectiveSFTConfig) if f.name == "seed")
+    monkeypatch.setattr(seed_field, "default", 5)
+    assert _stages(_recipe(tmp_path, PER_SEED))["sft/full/seed1"].settings["seed"] == 1005
+
+
+def test_the_option_off_plans_exactly_what_a_recipe_without_it_plans(tmp_path):
+    def summary(recipe):
+        return [(s.name, s.key, s.settings, s.inputs, s.launch) for s in plan(recipe)]
+
+    without = summary(_recipe(tmp_path, REPLICA))
+    assert summary(_recipe(tmp_path, REPLICA, "sft.seed_per_grpo_seed=false")) == without
+    assert "sft/full" in [name for name, *_ in without]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "sft.seed_per_grpo_seed='true'",  # text, which the pipeline would read as true even if 'false'
+            r"sft\.seed_per_grpo_seed = 'true' \(str\) does not fit SFTSection\.seed_per_grpo_seed, which takes bool",
+        ),
+        ("sft.seed_per_grpo_seed=1", r"sft\.seed_per_grpo_seed = 1 \(int\) does not fit.*takes bool"),
+        (
+            "sft.arms=[full, {name: critical, seed_per_grpo_seed: true}]",
+            r"applies to every arm: set it in sft",
+        ),
+    ],
+)
+def test_seed_per_grpo_seed_takes_a_bool_of_the_whole_section(tmp_path, override, message):
+    with pytest.raises(RecipeError, match=message):
+        _recipe(tmp_path, override)

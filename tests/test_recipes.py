@@ -176,13 +176,32 @@ def test_pipeline_recipe_plans(path):
     assert len({s.name for s in stages}) == len(stages)
     grpo = [s for s in stages if s.kind == "grpo"]
     assert len(grpo) == len(arms) * len(recipe.seeds())
+    per_seed = recipe.sft.get("seed_per_grpo_seed", False)
     for stage in grpo:
-        arm = stage.name.split("/")[1]
-        sft = by_name[f"sft/{arm}"]
+        _, arm, seed = stage.name.split("/")
+        sft = by_name[f"sft/{arm}/{seed}" if per_seed else f"sft/{arm}"]
         assert stage.settings["model_name_or_path"] == sft.settings["output_dir"]
-        assert f"sft/{arm}" in stage.inputs
+        assert sft.name in stage.inputs
         assert sft.settings["strategy"] == arms[arm]["strategy"]
+    assert len([s for s in stages if s.kind == "sft"]) == len(arms) * (len(recipe.seeds()) if per_seed else 1)
     assert stages[-1].kind == "compare"
+
+
+@pytest.mark.parametrize("path", PIPELINE_RECIPES, ids=_ids(PIPELINE_RECIPES))
+def test_pipeline_recipe_without_seed_per_grpo_seed_plans_as_with_it_off(path):
+    """The option's default is the plan of before it: a recipe that leaves it out keeps every stage and key."""
+    from cft_rl.pipeline.recipe import Recipe, plan
+
+    def planned(raw: dict, **sft) -> list[tuple]:
+        return [(s.name, s.key, s.settings, s.inputs) for s in plan(Recipe.from_dict({**raw, "sft": sft}))]
+
+    raw = _load(path)
+    sft = {k: v for k, v in (raw.get("sft") or {}).items() if k != "seed_per_grpo_seed"}
+    without = planned(raw, **sft)
+    assert planned(raw, **sft, seed_per_grpo_seed=False) == without
+    assert [name for name, *_ in without if name.startswith("sft/")] == [
+        f"sft/{arm}" for arm in Recipe.from_dict({**raw, "sft": sft}).arms()
+    ]
 
 
 @pytest.mark.parametrize("path", PIPELINE_RECIPES, ids=_ids(PIPELINE_RECIPES))

@@ -3,6 +3,8 @@ accuracy table across models.
 
 Why the pipeline's table shows mean and spread over seeds, and every seed too: one GRPO seed can land
 far from another on a small model, and a table of single seeds invites picking the flattering one.
+A run named ``.../seed<s>`` is one seed of its group: each GRPO run, and each SFT run when the recipe
+trains one per GRPO seed (``sft.seed_per_grpo_seed``: ``eval/sft/full/seed1`` is a seed of ``sft/full``).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def _cell(values: list[float]) -> str:
 
 
 def accuracy_section(evals: dict[str, str]) -> str:
-    """Markdown: greedy accuracy (%) per model and benchmark; GRPO arms as mean ± sd over seeds."""
+    """Markdown: greedy accuracy (%) per model and benchmark; models of several seeds as mean ± sd."""
     benchmarks, groups = accuracy_rows(evals)
     if not groups:
         return "## Accuracy\n\nNo evaluation finished.\n"
@@ -136,11 +138,12 @@ def accuracy_section(evals: dict[str, str]) -> str:
     ]
     parts = [
         "## Accuracy (greedy, %)\n",
-        "GRPO rows pool the seeds: mean ± standard deviation over n seeds; every seed is listed below.\n",
+        "Rows of several seeds (GRPO runs, and SFT runs trained per GRPO seed) pool them: mean ± "
+        "standard deviation over n seeds; every seed is listed below.\n",
         markdown_table(["model", *benchmarks], rows),
     ]
     if seeds:
-        parts += ["\n## Accuracy per GRPO seed (greedy, %)\n", markdown_table(["run", *benchmarks], seeds)]
+        parts += ["\n## Accuracy per seed (greedy, %)\n", markdown_table(["run", *benchmarks], seeds)]
     return "\n".join(parts) + "\n"
 
 

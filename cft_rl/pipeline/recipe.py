@@ -31,10 +31,17 @@ from typing import Literal
 
 import yaml
 
+from cft_rl.pipeline.sections import (
+    EVAL_MODELS,
+    PIPELINE_KEYS,
+    REQUIRED_ARMS,
+    SFT_SEED_STRIDE,
+    pipeline_keys,
+)
+
 SECTIONS = ("toy", "annotate", "sft", "grpo", "eval", "compare")
 TOP_LEVEL = ("output_dir", "model_name_or_path", "dataset_name", "dataset_train_split", "launch")
 TOP_LEVEL += ("threads", *SECTIONS)
-REQUIRED_ARMS = ("full", "critical")
 # Keys the pipeline sets itself: each stage's paths, and the per-arm/per-seed fields.
 RESERVED = {
     "annotate": {"model", "dataset", "out", "num_shards", "shard_index"},
@@ -43,50 +50,6 @@ RESERVED = {
     "eval": {"model", "out"},
     "compare": {"runs", "labels", "out"},
 }
-EVAL_MODELS = ("base", "sft", "grpo")
-
-
-# The sections' own keys, which are no field of the job's config: dataclasses too, so that they are
-# checked (name and type) the way the job's fields are.
-@dataclass
-class LaunchedSection:
-    """Pipeline keys of a section whose jobs can run under a launcher.
-
-    Parameters:
-        launch: the launcher command of this section's jobs (default: the recipe's ``launch``).
-    """
-
-    launch: str | None = None
-
-
-@dataclass
-class SFTSection(LaunchedSection):
-    """``sft.arms``: strategy names, or mappings with ``name``, ``strategy`` and any SFT field."""
-
-    arms: list[str | dict] = field(default_factory=lambda: list(REQUIRED_ARMS))
-
-
-@dataclass
-class GRPOSection(LaunchedSection):
-    """``grpo.seeds``: one GRPO run per seed and arm."""
-
-    seeds: list[int] = field(default_factory=lambda: [0])
-
-
-@dataclass
-class EvalSection:
-    """``eval.models``: which are evaluated: ``base``, ``sft`` (each arm), ``grpo`` (each run)."""
-
-    models: list[str] = field(default_factory=lambda: list(EVAL_MODELS))
-
-
-PIPELINE_KEYS = {"annotate": LaunchedSection, "sft": SFTSection, "grpo": GRPOSection, "eval": EvalSection}
-
-
-def pipeline_keys(section: str) -> set[str]:
-    """The keys of ``section`` that the pipeline takes itself (not passed to the job)."""
-    cls = PIPELINE_KEYS.get(section)
-    return {f.name for f in dataclasses.fields(cls)} if cls else set()
 
 
 # Settings that do not change a stage's results; left out of its key so changing them reruns nothing.
@@ -167,12 +130,16 @@ def _reserved(section: str, values: dict) -> None:
 def _check_types(section: str | None, values: dict, where: str) -> None:
     """Every value against its config field's type (None: the recipe's own top-level fields), so a
     bad value fails here, before any stage runs or any folder moves, rather than when its job starts.
-    TRL's configs are parsed from the YAML the pipeline writes, so text there is read as a flag."""
+    TRL's configs are parsed from the YAML the pipeline writes, so text there is read as a flag; the
+    pipeline's own keys are read as they are (the text "false" would be true), so they are not."""
     from cft_rl.config_types import check_values
 
     classes = (Recipe,) if section is None else _config_classes(section)
+    own = pipeline_keys(section)
     try:
-        check_values(values, classes, where, from_text=section in ("sft", "grpo"))
+        check_values({k: v for k, v in values.items() if k in own}, classes, where)
+        rest = {k: v for k, v in values.items() if k not in own}
+        check_values(rest, classes, where, from_text=section in ("sft", "grpo"))
     except ValueError as exc:
         raise RecipeError(f"{exc}; fix it in the recipe or the --set value") from exc
 
@@ -266,9 +233,11 @@ class Recipe:
         from cft_rl.sft.selection import STRATEGIES
 
         arms = {}
-        valid = section_keys("sft") - {"arms"} | {"name", "strategy"}
+        valid = section_keys("sft") - pipeline_keys("sft") | {"name", "strategy", "launch"}
         for entry in self.sft.get("arms", list(REQUIRED_ARMS)):
             entry = {"name": entry, "strategy": entry} if isinstance(entry, str) else dict(entry)
+            if "seed_per_grpo_seed" in entry:
+                raise RecipeError("sft.seed_per_grpo_seed applies to every arm: set it in sft, not in an arm")
             _unknown(entry, valid, "sft.arms entry ")
             _check_types("sft", entry, f"sft.arms entry {entry.get('name', entry.get('strategy'))!r}: ")
             name = entry.pop("name", entry.get("strategy"))
@@ -320,29 +289,51 @@ def stage_key(stage: Stage, keys: dict[str, str], root: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _training_stages(recipe: Recipe, model, data, upstream: list[str]) -> tuple[list[Stage], list]:
-    """The SFT arms, then GRPO per seed and arm; and the (arm, GRPO stage name) pairs."""
+def _sft_seed(recipe: Recipe, overrides: dict) -> int:
+    """The arm's SFT seed: its own ``seed``, else the shared ``sft.seed``, else the config's default."""
+    from cft_rl.sft.trainer import SelectiveSFTConfig
+
+    default = next(f.default for f in dataclasses.fields(SelectiveSFTConfig) if f.name == "seed")
+    return int(overrides.get("seed", recipe.sft.get("seed", default)))  # int: "43" passed as a flag
+
+
+def _sft_stage(recipe: Recipe, name: str, overrides: dict, model, seed: int | None = None) -> Stage:
+    """One SFT run of an arm into ``name``; ``seed`` replaces the arm's SFT seed when given."""
     root = Path(recipe.output_dir)
-    launch = recipe.launch
-    sft_common = {k: v for k, v in recipe.sft.items() if k not in pipeline_keys("sft")}
-    grpo_common = {k: v for k, v in recipe.grpo.items() if k not in pipeline_keys("grpo")}
-    grpo_common.setdefault("dataset_train_split", recipe.dataset_train_split)
-    stages, grpo_runs, arms = [], [], recipe.arms()
-    for arm, overrides in arms.items():
-        overrides = dict(overrides)
-        arm_launch = overrides.pop("launch", recipe.sft.get("launch", launch))
-        sft = {**sft_common, **overrides, "model_name_or_path": model, "dataset_name": str(root / "annotate")}
-        sft["output_dir"] = str(root / "sft" / arm)
-        stages.append(Stage(f"sft/{arm}", "sft", sft, ["annotate"], arm_launch))
+    overrides = dict(overrides)
+    launch = overrides.pop("launch", recipe.sft.get("launch", recipe.launch))
+    sft = {k: v for k, v in recipe.sft.items() if k not in pipeline_keys("sft")}
+    sft |= {**overrides, "model_name_or_path": model, "dataset_name": str(root / "annotate")}
+    if seed is not None:
+        sft["seed"] = seed
+    sft["output_dir"] = str(root / name)
+    return Stage(name, "sft", sft, ["annotate"], launch)
+
+
+def _grpo_stage(recipe: Recipe, name: str, seed: int, warm_start: str, data, upstream: list[str]) -> Stage:
+    """GRPO run ``name`` at ``seed`` from the SFT stage ``warm_start``."""
+    root = Path(recipe.output_dir)
+    grpo = {k: v for k, v in recipe.grpo.items() if k not in pipeline_keys("grpo")}
+    grpo.setdefault("dataset_train_split", recipe.dataset_train_split)
+    grpo |= {"model_name_or_path": str(root / warm_start), "dataset_name": data}
+    grpo |= {"seed": seed, "output_dir": str(root / name)}
+    return Stage(name, "grpo", grpo, [warm_start, *upstream], recipe.grpo.get("launch", recipe.launch))
+
+
+def _training_stages(recipe: Recipe, model, data, upstream: list[str]) -> tuple[list[Stage], list]:
+    """The SFT arms, then GRPO per seed and arm; and the (arm, GRPO stage name) pairs. With
+    ``sft.seed_per_grpo_seed``, each seed's SFT runs come just before its GRPO runs."""
+    arms, per_seed = recipe.arms(), recipe.sft.get("seed_per_grpo_seed", False)
+    stages = [] if per_seed else [_sft_stage(recipe, f"sft/{arm}", o, model) for arm, o in arms.items()]
+    grpo_runs = []
     # Seeds outside, arms inside: a pipeline stopped early still has every arm at the first seeds.
     for seed in recipe.seeds():
+        for arm, overrides in arms.items() if per_seed else ():
+            sft_seed = _sft_seed(recipe, overrides) + SFT_SEED_STRIDE * seed
+            stages.append(_sft_stage(recipe, f"sft/{arm}/seed{seed}", overrides, model, sft_seed))
         for arm in arms:
-            name = f"grpo/{arm}/seed{seed}"
-            grpo = {**grpo_common, "model_name_or_path": str(root / "sft" / arm), "dataset_name": data}
-            grpo |= {"seed": seed, "output_dir": str(root / name)}
-            stages.append(
-                Stage(name, "grpo", grpo, [f"sft/{arm}", *upstream], recipe.grpo.get("launch", launch))
-            )
+            name, warm_start = f"grpo/{arm}/seed{seed}", f"sft/{arm}/seed{seed}" if per_seed else f"sft/{arm}"
+            stages.append(_grpo_stage(recipe, name, seed, warm_start, data, upstream))
             grpo_runs.append((arm, name))
     return stages, grpo_runs
 

@@ -5,6 +5,7 @@ The stages, in order, each in its own folder under ``output_dir`` with a ``manif
     toy                  build the toy world (only when the recipe has a ``toy:`` section)
     annotate             critical tokens of the base model's own correct greedy solutions
     sft/<arm>            one warm start per arm (at least full and critical), all on those solutions
+                         (sft/<arm>/seed<s>: one per arm and GRPO seed, with sft.seed_per_grpo_seed)
     grpo/<arm>/seed<s>   GRPO from each warm start: identical RL settings, several seeds
     eval/...             the base model, each warm start and each GRPO policy on the benchmarks
     compare              every arm's curves (seeds as bands) and the accuracy table
