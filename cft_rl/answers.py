@@ -115,6 +115,12 @@ def last_boxed_span(text: str) -> tuple[int, int] | None:
     return (boxes[-1][1], boxes[-1][2]) if boxes else None
 
 
+def last_box_extent(text: str) -> tuple[int, int] | None:
+    """``(start, end)`` of the whole last complete box, command and braces included, or None."""
+    boxes = _boxes(text)
+    return (boxes[-1][0], boxes[-1][3]) if boxes else None
+
+
 def last_boxed_content(text: str) -> str | None:
     """Content of the last complete ``\\boxed{...}``/``\\fbox{...}`` in ``text``, or None."""
     span = last_boxed_span(text)

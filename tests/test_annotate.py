@@ -467,3 +467,33 @@ def test_shard_progress_moves_before_any_row_finishes(toy_dir, good_rows, tmp_pa
     run_annotation(config)
     assert seen == sorted(seen) and seen[-1] == pytest.approx(2)
     assert any(0 < n < 1 for n in seen), f"the bar moved only by whole rows: {seen}"
+
+
+def test_summary_splits_off_the_final_box():
+    """Hand-made rows: the critical fractions outside the last \\boxed{...} leave its braces out."""
+    from cft_rl.annotate.job import summarize
+
+    text = "So 12 is \\boxed{12}."
+    pieces = ["So", " ", "1", "2", " is", " \\", "boxed", "{", "1", "2", "}", "."]
+    spans, at = [], 0
+    for piece in pieces:
+        spans.append((at, at + len(piece)))
+        at += len(piece)
+    assert "".join(pieces) == text
+    critical = [False, True, True, False, False, True, False, True, True, True, True, False]
+    row = {"solution": text, "tokens": pieces, "critical": critical, "token_char_spans": spans}
+    summary = summarize([row], [row])
+    assert summary["by_class"]["format"] == {"tokens": 4, "critical": 4, "fraction": 1.0}
+    # Outside the box: "So", " ", "1", "2", " is", "." -- the blank is the only format token.
+    assert summary["outside_answer"]["format"] == {"tokens": 1, "critical": 1, "fraction": 1.0}
+    assert summary["outside_answer"]["digit"] == {"tokens": 2, "critical": 1, "fraction": 0.5}
+    assert summary["outside_answer"]["word"]["tokens"] == 3  # "So", " is", "."
+
+
+def test_last_box_extent_covers_the_command_and_both_braces():
+    from cft_rl.answers import last_box_extent
+
+    text = "a \\boxed{1} b \\boxed{x^{2}} c"
+    start, end = last_box_extent(text)
+    assert text[start:end] == "\\boxed{x^{2}}"
+    assert last_box_extent("no box") is None and last_box_extent("\\boxed{open") is None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cft_rl.annotate.rows import RowProgress, record_features
+from cft_rl.answers import last_box_extent
 from cft_rl.outputs import write_atomic, write_json
 from cft_rl.token_classes import token_class
 
@@ -314,14 +315,24 @@ def describe(summary: dict) -> str:
 
 
 def summarize(rows: list[dict], records: list[dict], unreadable: int = 0) -> dict:
-    """Row counts, skip reasons, and the critical fraction overall and by :func:`cft_rl.token_classes.token_class`."""
+    """Row counts, skip reasons, and the critical fraction overall and by :func:`cft_rl.token_classes.token_class`,
+    also over the tokens outside the final ``\\boxed{...}`` (``outside_answer``).
+
+    Why that split: a box's braces decide which number is the answer (a digit in place of ``}`` extends
+    it), so they are critical by construction, while the paper's claim is about the reasoning. Both are
+    reported; ``by_class`` counts every token."""
     skipped = Counter(r["skipped"] for r in records if "skipped" in r) + Counter(unreadable=unreadable)
-    tokens, critical = Counter(), Counter()
+    tokens, critical, outside, outside_critical = Counter(), Counter(), Counter(), Counter()
     for row in rows:
-        for token, flag in zip(row["tokens"], row["critical"], strict=True):
+        box = last_box_extent(row["solution"]) or (0, 0)
+        spans = row.get("token_char_spans") or [(0, 0)] * len(row["tokens"])
+        for token, flag, (start, end) in zip(row["tokens"], row["critical"], spans, strict=True):
             cls = token_class(token)
             tokens[cls] += 1
             critical[cls] += flag
+            if end <= box[0] or start >= box[1]:
+                outside[cls] += 1
+                outside_critical[cls] += flag
     total = sum(tokens.values())
     return {
         "total_rows": len(records) + unreadable,
@@ -333,6 +344,10 @@ def summarize(rows: list[dict], records: list[dict], unreadable: int = 0) -> dic
         "by_class": {
             cls: {"tokens": tokens[cls], "critical": critical[cls], "fraction": critical[cls] / tokens[cls]}
             for cls in sorted(tokens)
+        },
+        "outside_answer": {
+            cls: {"tokens": n, "critical": outside_critical[cls], "fraction": outside_critical[cls] / n}
+            for cls, n in sorted(outside.items())
         },
     }
 
