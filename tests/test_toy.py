@@ -162,16 +162,32 @@ def test_swap_tokens_swaps_only_labelled_swappable_tokens_and_drops_them_from_th
 
     ids = torch.tensor([[5, 6, 7, 8], [6, 7, 0, 0]])
     labels = torch.tensor([[-100, 6, 7, 8], [-100, 7, -100, -100]])
-    swappable = torch.zeros(10, dtype=torch.bool)
-    swappable[[5, 6, 8, 9]] = True  # 7 is a digit, say: never swapped; 5 and 6 sit in the prompt
+    weights = torch.zeros(10)
+    weights[[5, 6, 8, 9]] = 1.0  # 7 is a digit, say: never swapped; 5 and 6 sit in the prompt
     generator = torch.Generator().manual_seed(0)
-    new_ids, new_labels = swap_tokens(ids, labels, swappable, 1.0, generator)
+    new_ids, new_labels = swap_tokens(ids, labels, weights, 1.0, generator)
     hit = torch.tensor([[False, True, False, True], [False, False, False, False]])
     assert torch.equal(new_ids[~hit], ids[~hit]) and torch.equal(new_labels[~hit], labels[~hit])
     assert set(new_ids[hit].tolist()) <= {5, 6, 8, 9}
     assert (new_labels[hit] == -100).all()
-    same_ids, same_labels = swap_tokens(ids, labels, swappable, 0.0, generator)
+    only_nine = torch.zeros(10)
+    only_nine[[6, 8]], only_nine[9] = 1e-9, 1.0  # 6 and 8 stay swappable, but 9 is drawn
+    drawn, _ = swap_tokens(ids, labels, only_nine, 1.0, generator)
+    assert drawn[hit].tolist() == [9, 9]
+    same_ids, same_labels = swap_tokens(ids, labels, weights, 0.0, generator)
     assert torch.equal(same_ids, ids) and torch.equal(same_labels, labels)
+
+
+def test_swap_weights_count_word_and_format_tokens_only(toy_dir):
+    from cft_rl.toy.corpus import swap_weights
+
+    tokenizer = load_toy(toy_dir)[1]
+    word, blank, digit = (tokenizer.convert_tokens_to_ids(t) for t in ("Ġthe", "Ġ", "7"))
+    eos = tokenizer.eos_token_id
+    weights = swap_weights(tokenizer, [[word, blank, digit, eos], [word, digit, word]])
+    assert weights.shape == (len(tokenizer),)
+    assert (weights[word], weights[blank], weights[digit], weights[eos]) == (3.0, 1.0, 0.0, 0.0)
+    assert weights.sum() == 4.0
 
 
 def test_pretraining_batches_swap_words_but_never_digits(toy_dir):
@@ -197,15 +213,25 @@ def test_pretraining_batches_swap_words_but_never_digits(toy_dir):
     assert swapped > 0
 
 
-@pytest.mark.parametrize("pretrain_hard", [False, True])
-def test_pretraining_leaves_the_hard_problems_out_unless_asked(tmp_path, monkeypatch, pretrain_hard):
+@pytest.mark.parametrize("share", [0.0, 0.2, 1.0])
+def test_pretraining_keeps_its_share_of_the_hard_problems(tmp_path, monkeypatch, share):
     import cft_rl.toy.build as toy_module
 
     seen = []
     real = toy_module.pretraining_corpus
     monkeypatch.setattr(toy_module, "pretraining_corpus", lambda ps, c: seen.extend(ps) or real(ps, c))
     monkeypatch.setattr(toy_module, "_pretrain", lambda model, *a, **k: model)
-    config = ToyBuildConfig.tiny(pretrain_hard=pretrain_hard, n_pretrain=200)
+    config = ToyBuildConfig.tiny(pretrain_hard_share=share, n_pretrain=200)
     build_toy(tmp_path / "world", config, progress=False)
-    hard = sum(p.hard for p in seen)
-    assert len(seen) > 100 and (hard > 30 if pretrain_hard else hard == 0)
+    every = generate_splits({"pretrain": 200}, seed=config.seed, cfg=config.task)["pretrain"]
+    all_hard = sum(p.hard for p in every)
+    assert all_hard > 30  # the task draws hard problems: the shares below are not vacuous
+    assert sum(not p.hard for p in seen) == len(every) - all_hard  # every easy problem, once
+    assert sum(p.hard for p in seen) == round(share * all_hard)
+
+
+def test_a_hard_share_outside_zero_to_one_is_refused():
+    from cft_rl.toy.corpus import pretraining_problems
+
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        pretraining_problems([], 1.5)

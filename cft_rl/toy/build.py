@@ -34,14 +34,14 @@ from tqdm.auto import tqdm
 
 from cft_rl.cpu import cpu_float_math
 from cft_rl.data.datasets import FEATURES
-from cft_rl.toy.corpus import batches_of, pretraining_corpus
+from cft_rl.toy.corpus import batches_of, pretraining_corpus, pretraining_problems
 from cft_rl.toy.task import ToyTaskConfig, generate_splits, to_records
 from cft_rl.toy.tokenizer import load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "toy_manifest.json"
-BUILD_VERSION = 2  # bump when the build procedure changes what a given config produces
+BUILD_VERSION = 3  # bump when the build procedure changes what a given config produces
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,10 @@ class ToyBuildConfig:
         vocab_size: BPE vocabulary, including 256 byte tokens and 3 special tokens.
         hidden_size / num_layers / num_heads / num_kv_heads / intermediate_size: the Qwen2 shape.
         steps / batch_size / learning_rate / warmup_steps: pretraining; cosine decay to 10%.
-        pretrain_hard: whether pretraining sees the task's hard problems (``ToyTaskConfig.hard_prob``).
-            No by default: the base model then lacks one skill that the train and test splits ask for.
+        pretrain_hard_share: the share of the pretraining split's hard problems (``ToyTaskConfig.hard_prob``)
+            that pretraining keeps. A tenth by default: the base model then has a weak skill that the
+            train and test splits ask for, which RL can strengthen (with none, every sampled solution of a
+            hard problem is wrong, and GRPO gets no signal there); 0 leaves the skill out, 1 keeps it all.
         noise_prob: chance that pretraining swaps a word or format token of a solution for a random
             word or format token, with no loss on the swapped token. The model learns to carry on after
             an odd word, as web-trained models do; without it a tiny model derails after any perturbation,
@@ -80,12 +82,12 @@ class ToyBuildConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    steps: int = 2000
+    steps: int = 4000
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
-    pretrain_hard: bool = False
-    noise_prob: float = 0.05
+    pretrain_hard_share: float = 0.1
+    noise_prob: float = 0.1
     threads: int = 1
 
     @classmethod
@@ -215,8 +217,7 @@ def build_toy(
         cfg=config.task,
     )
     _save_datasets(tmp / "data", splits, config)
-    pretrain = [p for p in splits["pretrain"] if config.pretrain_hard or not p.hard]
-    corpus = pretraining_corpus(pretrain, config)
+    corpus = pretraining_corpus(pretraining_problems(splits["pretrain"], config.pretrain_hard_share), config)
 
     tokenizer = train_tokenizer([p + c for p, c in corpus[:4000]], vocab_size=config.vocab_size)
     model = _pretrain(_make_model(config, tokenizer), tokenizer, corpus, config, progress)

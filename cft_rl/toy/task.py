@@ -61,14 +61,17 @@ class ToyTaskConfig:
             longer: difficulty that costs prompt tokens, which are cheap, not generated ones.
         reorder_prob / restate_prob: chance a solution computes independent products first, and
             chance it restates the running total after a step.
-        intro_prob / reason_prob: chance a solution opens with a sentence of plan, and chance a step
-            says in words why the count changes. Words are the free choices of a solution: with them,
+        intro_prob / goal_prob / reason_prob: chance a solution opens with a sentence of plan, chance
+            it then says in words what it is asked for, and chance a step says in words why the count
+            changes. Words are the free choices of a solution: with them,
             the numbers and operators that decide the answer are a minority of its tokens, as in real
-            solutions (without them, digits and operators are 37% of the toy's tokens).
+            solutions (without them, digits and operators are 37% of the toy's tokens). Digits and
+            operators are mostly critical, so their share bounds the critical fraction from below: with
+            a plan and reasons but no goal sentence, it was 22-24%.
         hard_prob / hard_factors: chance a problem ends by multiplying the count by a factor drawn
             from ``hard_factors`` (a count of up to 60 times 4 to 9). Such a problem is ``hard``: the
-            toy build leaves hard problems out of pretraining (``ToyBuildConfig.pretrain_hard``), so
-            its base model has not learnt that skill, as any base model lacks some. Graded difficulty
+            toy build keeps few hard problems in pretraining (``ToyBuildConfig.pretrain_hard_share``), so
+            its base model has that skill only weakly: something for RL to strengthen. Graded difficulty
             puts accuracy on a plateau (the easy problems learnt, the hard ones not) instead of on the
             cliff where the arithmetic clicks: with easy problems only, greedy accuracy rose from 19%
             to 77% between 600 and 1200 pretraining steps, and with hard ones in pretraining the step
@@ -86,8 +89,9 @@ class ToyTaskConfig:
     max_distractors: int = 2
     reorder_prob: float = 0.5
     restate_prob: float = 0.2
-    intro_prob: float = 0.8
-    reason_prob: float = 0.6
+    intro_prob: float = 0.9
+    goal_prob: float = 0.8
+    reason_prob: float = 0.9
     hard_prob: float = 0.35
     hard_factors: tuple[int, int] = (4, 9)
 
@@ -256,6 +260,12 @@ INTROS = [
     "Let's track how many {item} {name} has.",
     "We work through the story one event at a time.",
 ]
+GOALS = [
+    "The question asks how many {item} {name} has at the end.",
+    "We need the number of {item} that {name} has after every change.",
+    "Our goal is the final count of {item}, so we keep a running total.",
+    "We want to know how many {item} are left with {name} in the end.",
+]
 # Why the running count changes, in words (no numbers: the numbers stay in the equations).
 REASONS = {
     "buy": ["after buying more,", "since {name} buys more,", "adding the new {item},"],
@@ -300,6 +310,8 @@ def render_solution(problem: Problem, rng: random.Random, cfg: ToyTaskConfig = T
     lines = []
     if rng.random() < cfg.intro_prob:
         lines.append(rng.choice(INTROS).format(**_names(p)))
+    if rng.random() < cfg.goal_prob:
+        lines.append(rng.choice(GOALS).format(**_names(p)))
     if rng.random() < cfg.restate_prob:
         lines.append(f"{p.name} starts with {p.start} {p.item}.")
     value = p.start
