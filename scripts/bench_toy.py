@@ -32,6 +32,7 @@ from cft_rl.toy.build import MANIFEST, ToyBuildConfig, build_toy, load_toy
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "pipeline.yaml"
 CLASSES = ("digit", "operator", "format", "word")
+OUTSIDE_BOX = "format outside the box"
 # Issue 17's acceptance bounds.
 TRAIN_ACC_RANGE, MAX_SPREAD, MIN_PASS_GAIN, MIN_DISTINCT = (0.40, 0.75), 0.10, 0.15, 6.0
 MAX_CRITICAL, MAX_CRITICAL_WORD_FORMAT, MAX_STEPS_SHIFT = 0.20, 0.05, 0.05
@@ -118,6 +119,11 @@ def measure(folder: Path, args) -> dict:
     return out
 
 
+def demo_eval_budget() -> int:
+    """The demo recipe's generation budget (its eval stage's ``max_new_tokens``): the default here."""
+    return yaml.safe_load(RECIPE.read_text())["eval"]["max_new_tokens"]
+
+
 def annotation_settings(limit: int) -> dict:
     """The pipeline's annotate settings (recipes/toy/pipeline.yaml), on the model's own solutions."""
     from cft_rl.annotate.job import AnnotateConfig
@@ -148,7 +154,13 @@ def critical_by_class(summary: dict) -> dict:
     """Critical fraction overall and per token class (None where no token of the class was annotated)."""
     by_class = summary.get("by_class", {})
     fractions = {cls: by_class[cls]["fraction"] if cls in by_class else None for cls in CLASSES}
-    return {"overall": summary.get("critical_fraction"), **fractions}
+    # The final box's braces decide which number is the answer: format tokens outside it, apart.
+    outside = summary.get("outside_answer", {}).get("format")
+    return {
+        "overall": summary.get("critical_fraction"),
+        **fractions,
+        OUTSIDE_BOX: outside and outside["fraction"],
+    }
 
 
 def run_builds(args) -> list[dict]:
@@ -175,7 +187,7 @@ def run_builds(args) -> list[dict]:
     return results
 
 
-COLUMN_KINDS = ["pct"] * 4 + ["num"] * 3 + ["int"] + ["pct"] * (1 + len(CLASSES))
+COLUMN_KINDS = ["pct"] * 4 + ["num"] * 3 + ["int"] + ["pct"] * (2 + len(CLASSES))
 
 
 def column_values(r: dict, k: int) -> list:
@@ -184,7 +196,7 @@ def column_values(r: dict, k: int) -> list:
     return (
         head
         + [r["distinct_answers"], r["entropy"], r["annotated"], r["critical"]["overall"]]
-        + [r["critical"][c] for c in CLASSES]
+        + [r["critical"].get(c) for c in (*CLASSES, OUTSIDE_BOX)]
     )
 
 
@@ -218,7 +230,7 @@ def table(results: list[dict], k: int) -> str:
     """A row per build, then the mean and spread over the seed builds and each steps build's change."""
     header = ["build", "seed", "steps", "greedy (train)", "greedy (test)", "pass@1", f"pass@{k}"]
     header += [f"distinct/{k}", f"distinct answers/{k}", "entropy (nats)", "annotated solutions"]
-    header += ["critical", *(f"critical: {c}" for c in CLASSES)]
+    header += ["critical", *(f"critical: {c}" for c in (*CLASSES, OUTSIDE_BOX))]
     pairs = [(r, column_values(r, k)) for r in results]
     rows = [[r["name"], r["seed"], r["steps"], *map(_value, v, COLUMN_KINDS)] for r, v in pairs]
     seeds = [v for r, v in pairs if r["scale"] is None]
@@ -294,7 +306,8 @@ def render(results: list[dict], checks: list[dict], args) -> str:
         f"pipeline does (recipes/toy/pipeline.yaml: k={settings.get('num_alternatives')}, "
         f"continuations of {settings.get('max_continuation_tokens')} tokens, fast engine; the annotator "
         "decodes one prompt at a time, unbatched, so its count of solved problems need not match the "
-        "batched greedy accuracy exactly), by token class (`cft_rl.token_classes.token_class`). Mean and spread are over "
+        "batched greedy accuracy exactly), by token class (`cft_rl.token_classes.token_class`); the column 'format outside the box' leaves out the final "
+        "`\\boxed{...}`, whose command and braces decide which number is the answer. Mean and spread are over "
         f"the seed builds; the steps builds rerun {first['name']} with scaled pretraining steps.\n\n"
     )
     check_rows = [[c["check"], c["measured"], "yes" if c["pass"] else "**no**"] for c in checks]
@@ -320,7 +333,12 @@ def main() -> int:
     parser.add_argument("--problems", type=int, default=200, help="train and test problems to evaluate")
     parser.add_argument("--samples", type=int, default=8, help="samples per problem at T=1")
     parser.add_argument("--annotate", type=int, default=128, help="train problems tried by the annotator")
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="generation budget (the pipeline's)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation budget (default: the demo recipe's eval budget)",
+    )
     parser.add_argument("--set", nargs="*", default=[], help="ToyBuildConfig overrides, key=json")
     parser.add_argument(
         "--tiny", action="store_true", help="start from ToyBuildConfig.tiny() (a quick check)"
@@ -328,6 +346,7 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
+    args.max_new_tokens = args.max_new_tokens or demo_eval_budget()
     if args.samples < 2:
         parser.error("--samples must be at least 2: pass@1 and pass@k at T=1 need k > 1 samples")
     results = run_builds(args)

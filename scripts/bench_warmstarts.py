@@ -6,7 +6,7 @@ eval job does (:func:`cft_rl.eval.scoring.score_groups`: pass@1, pass@k, mean to
 final answers per problem), with distinct completions per problem. Greedy accuracy is read from the
 pipeline's eval stages when they are there (it is not recomputed).
 
-    python scripts/bench_warmstarts.py --pipeline outputs/pipeline/toy-experiment
+    python scripts/bench_warmstarts.py --pipeline outputs/pipeline/toy
     python scripts/bench_warmstarts.py --base MODEL --data DATA --arms full=DIR critical=DIR ...
         [--split validation] [--problems 100] [--samples 8] [--seeds 0 1 2] [--json PATH] [--no-write]
 
@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 # scripts/warmstarts_report.py: Python puts a script's own folder first on sys.path.
+from bench_toy import demo_eval_budget
 from warmstarts_report import arms_of, mean_of, render, replica_difference, summarize
 
 from cft_rl.reports import write_section
@@ -232,7 +233,12 @@ def parse_args(argv=None):
         default=None,
         help="sampling seeds (default 0 1 2; 0 for arms of several SFT runs)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="budget (the pipeline's eval)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation budget (default: the demo recipe's eval budget)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--eval-benchmark", default=None, help="the eval label of greedy accuracy")
@@ -245,6 +251,7 @@ def parse_args(argv=None):
         parser.error("--problems must be at least 1")
     if args.seeds and len(set(args.seeds)) < len(args.seeds):
         parser.error(f"--seeds lists a seed twice: {args.seeds}")
+    args.max_new_tokens = args.max_new_tokens or demo_eval_budget()
     return args
 
 
