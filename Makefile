@@ -35,7 +35,7 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/cft-rl pipeline recipes/toy/pipeline.yaml
 
-# The powered version with its controls: 7 arms x 5 GRPO seeds (about an hour on 2 cores); rerun to resume.
+# The powered version with its controls: 5 arms x 5 GRPO seeds (at most 90 min on 2 cores); rerun to resume.
 experiment: $(STAMP)
 	$(OFFLINE) $(BIN)/cft-rl pipeline recipes/toy/experiment.yaml
 
@@ -64,7 +64,7 @@ bench-demo: demo
 # Each SFT warm start of the experiment against the base model, sampled afresh from its sft stages
 # (unfinished arms are refused); the greedy column comes from its eval stages, which run last.
 bench-warmstarts: $(STAMP)
-	$(OFFLINE) $(BIN)/python scripts/bench_warmstarts.py --pipeline outputs/pipeline/toy-experiment
+	$(OFFLINE) $(BIN)/python scripts/bench_warmstarts.py --pipeline outputs/pipeline/toy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
