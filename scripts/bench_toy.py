@@ -13,14 +13,16 @@ seeds, and the acceptance checks of issue 17 computed from those figures.
     python scripts/bench_toy.py [--seeds 0 1 2] [--steps-scale 0.9 1.1] [--out DIR] [--problems N]
         [--annotate N] [--set key=json ...] [--tiny] [--json PATH] [--no-write]
 
-Builds go in ``DIR/seed{s}`` and ``DIR/seed{s}-steps{n}``, annotations in ``DIR/annotations``; both are
-reused when their settings match, so a rerun with more seeds only builds the new ones.
+Builds go in ``DIR/seed{s}`` and ``DIR/seed{s}-steps{n}``, annotations in ``DIR/annotations`` and the
+other measurements in ``DIR/measurements``; all are reused when their settings match, so a rerun with
+more seeds only builds and measures the new ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -124,6 +126,20 @@ def demo_eval_budget() -> int:
     return yaml.safe_load(RECIPE.read_text())["eval"]["max_new_tokens"]
 
 
+def cached_measure(folder: Path, key: str, out: Path, args) -> dict:
+    """:func:`measure`, kept in ``out/measurements`` under the build's key and the measuring settings, so
+    a rerun with more seeds measures only the new builds (and a rebuilt model is measured again)."""
+    settings = {"problems": args.problems, "samples": args.samples, "max_new_tokens": args.max_new_tokens}
+    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    path = out / "measurements" / f"{folder.name}-{key}-{tag}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    found = measure(folder, args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(found, indent=2) + "\n")
+    return found
+
+
 def annotation_settings(limit: int) -> dict:
     """The pipeline's annotate settings (recipes/toy/pipeline.yaml), on the model's own solutions."""
     from cft_rl.annotate.job import AnnotateConfig
@@ -178,7 +194,7 @@ def run_builds(args) -> list[dict]:
             "key": manifest["key"],
             "build_seconds": manifest["build_seconds"],
             "parameters": manifest["parameters"],
-            **measure(folder, args),
+            **cached_measure(folder, manifest["key"], out, args),
             "annotated": summary["annotated"],
             "critical": critical_by_class(summary),
             "annotation": summary,

@@ -362,3 +362,47 @@ def test_the_option_off_plans_exactly_what_a_recipe_without_it_plans(tmp_path):
 def test_seed_per_grpo_seed_takes_a_bool_of_the_whole_section(tmp_path, override, message):
     with pytest.raises(RecipeError, match=message):
         _recipe(tmp_path, override)
+
+
+def _old_stage(root, name, key="oldkey"):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"stage": name, "key": key, "status": "done"}))
+    (folder / "model.safetensors").write_text("old weights")
+    return folder
+
+
+def test_a_stage_folder_of_an_older_plan_is_moved_aside_not_written_into(tmp_path):
+    """sft/full from before sft.seed_per_grpo_seed: the new sft/full/seed0 must not land inside it."""
+    from cft_rl.pipeline.run import stale_parents
+
+    recipe = _recipe(tmp_path, "sft.seed_per_grpo_seed=true")
+    stages = plan(recipe)
+    assert "sft/full/seed0" in {s.name for s in stages} and "sft/full" not in {s.name for s in stages}
+    old = _old_stage(tmp_path, "sft/full")
+    (tmp_path / "sft" / "notes").mkdir()  # no manifest: not a stage, left alone
+    assert stale_parents(tmp_path, stages) == [("sft/full", old, "oldkey")]
+
+    run_pipeline(recipe, dry_run=True, echo=lambda *_: None)
+    assert (old / "model.safetensors").is_file()  # a dry run moves nothing
+
+    # A real run moves it before the first stage runs (stopped there: only the move is under test).
+    with pytest.raises(RuntimeError, match="stop"):
+        run_pipeline(recipe, echo=lambda line: _stop_at_first_stage(line))
+    assert not old.exists()
+    moved = list((tmp_path / ".superseded").glob("sft__full.oldkey*"))
+    assert len(moved) == 1 and (moved[0] / "model.safetensors").read_text() == "old weights"
+
+
+def _stop_at_first_stage(line: str) -> None:
+    if line.lstrip().startswith("==>"):
+        raise RuntimeError("stop")
+
+
+def test_a_planned_stage_is_never_taken_for_a_stale_parent(tmp_path):
+    from cft_rl.pipeline.run import stale_parents
+
+    stages = plan(_recipe(tmp_path))  # sft/full is itself planned here
+    _old_stage(tmp_path, "sft/full")
+    _old_stage(tmp_path, "grpo/full/seed0")
+    assert stale_parents(tmp_path, stages) == []

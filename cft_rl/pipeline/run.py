@@ -91,6 +91,25 @@ def supersede(root: Path, stage: Stage) -> Path:
     return keep(root, root / stage.name, stage.name, old.get("key", "unknown"))
 
 
+def stale_parents(root: Path, stages: list[Stage]) -> list[tuple[str, Path, str]]:
+    """``(name, folder, key)`` of old stage folders that now hold planned stages: ``sft/full`` of a run
+    made before ``sft.seed_per_grpo_seed``, in whose folder ``sft/full/seed0`` would otherwise be
+    written, mixing two layouts (and old results counted as new by whatever globs the folder)."""
+    planned = {s.name for s in stages}
+    found = {}
+    for stage in stages:
+        parts = stage.name.split("/")
+        for depth in range(1, len(parts)):
+            name = "/".join(parts[:depth])
+            manifest = root / name / "manifest.json"
+            if name in planned or name in found or not manifest.is_file():
+                continue
+            old = json.loads(manifest.read_text())
+            if old.get("stage") == name:
+                found[name] = (name, root / name, old.get("key", "unknown"))
+    return list(found.values())
+
+
 # --- the jobs --------------------------------------------------------------------------------------
 
 
@@ -227,6 +246,11 @@ def run_pipeline(recipe: Recipe, dry_run: bool = False, echo=print) -> list[Stag
     """Run (or, with ``dry_run``, only print) every stage that is not done; returns what happened."""
     root = Path(recipe.output_dir)
     stages = plan(recipe)
+    for name, folder, key in stale_parents(root, stages):
+        if dry_run:
+            echo(f"{name}: a stage of an older plan; running would move it to {root / '.superseded'}")
+        else:
+            echo(f"{name}: a stage of an older plan; moved to {keep(root, folder, name, key)}")
     states = {s.name: status(root, s) for s in stages}
     echo(describe_plan(stages, states, root, recipe.threads))
     if dry_run:
