@@ -105,16 +105,31 @@ def test_evaluation_stops_on_a_second_stop_token(toy, stop_toy, extra_stop):
         assert sample.text == tokenizer.decode(tokens[:cut], skip_special_tokens=True)
 
 
-def test_reference_and_fast_engine_stop_on_a_second_stop_token(stop_toy, extra_stop):
-    model, tokenizer, data, _ = stop_toy
+def test_reference_and_fast_engine_stop_on_a_second_stop_token(toy, toy_dir, tmp_path):
+    model, tokenizer, data = toy
     row = _rows(data, 1)[0]
     prompt_ids, completion_ids, _ = encode_example(tokenizer, row["prompt"], row["solution"])
     ids = prompt_ids + completion_ids
     n = len(prompt_ids)
-    stops = {tokenizer.eos_token_id, extra_stop}
+    _, ranked = HFBackend(model, tokenizer, batch_size=3).add(ids, 3)
+    prefixes = {t: ids[: n + t] + [ranked[n + t - 1][1]] for t in (0, 2, 5, 9)}
+    # The second stop is the token these continuations write most (a tiny model's favourite differs
+    # from one prompt or prefix to another), so that it does end some of them.
+    eos = tokenizer.eos_token_id
+    written = Counter(
+        token
+        for p in prefixes.values()
+        for token in _raw_argmax(model, p, 16, {eos})[len(p) :]
+        if token != eos
+    )
+    extra_stop = written.most_common(1)[0][0]
+    model, tokenizer, data = _copy_with_generation_config(
+        toy_dir, tmp_path / "world", eos_token_id=[eos, extra_stop]
+    )
+    stops = {eos, extra_stop}
     backend = HFBackend(model, tokenizer, batch_size=3)
-    handle, ranked = backend.add(ids, 3)
-    branches = {t: (ids[: n + t] + [ranked[n + t - 1][1]], 16) for t in (0, 2, 5, 9)}
+    handle, _ = backend.add(ids, 3)
+    branches = {t: (prefix, 16) for t, prefix in prefixes.items()}
     branches["stop"] = (ids[:n] + [extra_stop], 16)  # the alternative itself ends the answer
     for key, (prefix, budget) in branches.items():
         backend.submit(key, handle, len(prefix) - 1, prefix[-1], budget)
