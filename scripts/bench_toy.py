@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 import yaml
 
+from cft_rl.outputs import settings_key
 from cft_rl.reports import markdown_table, write_section
 from cft_rl.toy.build import MANIFEST, ToyBuildConfig, build_toy, load_toy
 
@@ -121,17 +121,21 @@ def measure(folder: Path, args) -> dict:
     return out
 
 
+def demo_recipe_section(name: str) -> dict:
+    """Section ``name`` of the demo recipe (recipes/toy/pipeline.yaml), whose settings this measures with."""
+    return yaml.safe_load(RECIPE.read_text()).get(name) or {}
+
+
 def demo_eval_budget() -> int:
     """The demo recipe's generation budget (its eval stage's ``max_new_tokens``): the default here."""
-    return yaml.safe_load(RECIPE.read_text())["eval"]["max_new_tokens"]
+    return demo_recipe_section("eval")["max_new_tokens"]
 
 
 def cached_measure(folder: Path, key: str, out: Path, args) -> dict:
     """:func:`measure`, kept in ``out/measurements`` under the build's key and the measuring settings, so
     a rerun with more seeds measures only the new builds (and a rebuilt model is measured again)."""
     settings = {"problems": args.problems, "samples": args.samples, "max_new_tokens": args.max_new_tokens}
-    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    path = out / "measurements" / f"{folder.name}-{key}-{tag}.json"
+    path = out / "measurements" / f"{folder.name}-{key}-{settings_key(settings)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     found = measure(folder, args)
@@ -144,7 +148,7 @@ def annotation_settings(limit: int) -> dict:
     """The pipeline's annotate settings (recipes/toy/pipeline.yaml), on the model's own solutions."""
     from cft_rl.annotate.job import AnnotateConfig
 
-    section = yaml.safe_load(RECIPE.read_text()).get("annotate") or {}
+    section = demo_recipe_section("annotate")
     fields = {f.name for f in dataclasses.fields(AnnotateConfig)}
     return {k: v for k, v in section.items() if k in fields} | {"source": "self", "limit": limit}
 

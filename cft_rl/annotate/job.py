@@ -325,8 +325,9 @@ def summarize(rows: list[dict], records: list[dict], unreadable: int = 0) -> dic
     tokens, critical, outside, outside_critical = Counter(), Counter(), Counter(), Counter()
     for row in rows:
         box = last_box_extent(row["solution"]) or (0, 0)
-        spans = row.get("token_char_spans") or [(0, 0)] * len(row["tokens"])
-        for token, flag, (start, end) in zip(row["tokens"], row["critical"], spans, strict=True):
+        for token, flag, (start, end) in zip(
+            row["tokens"], row["critical"], row["token_char_spans"], strict=True
+        ):
             cls = token_class(token)
             tokens[cls] += 1
             critical[cls] += flag

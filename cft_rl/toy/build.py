@@ -5,8 +5,8 @@ also holds the task's splits (``DIR/data``, a ``DatasetDict`` in the benchmark r
 later stage treats the toy exactly like a real model and dataset.
 
 Pretraining here is a plain PyTorch loop, not a TRL trainer: this is the "base model" that exists
-before our method starts, and a lean loop keeps a from-scratch build to about 10 minutes on one CPU
-thread. What it is trained on (solution tokens only, easy problems only, a few swapped words) is
+before our method starts, and a lean loop keeps a from-scratch build to about 22 minutes on one CPU
+thread. What it is trained on (solution tokens only, few of the hard problems, a few swapped words) is
 :mod:`cft_rl.toy.corpus`.
 
 The default build ships inside the package (``EMBEDDED``): see :func:`embedded_build`.
@@ -60,8 +60,9 @@ class ToyBuildConfig:
             that pretraining keeps. A tenth by default: the base model then has a weak skill that the
             train and test splits ask for, which RL can strengthen (with none, every sampled solution of a
             hard problem is wrong, and GRPO gets no signal there); 0 leaves the skill out, 1 keeps it all.
-        noise_prob: chance that pretraining swaps a word or format token of a solution for a random
-            word or format token, with no loss on the swapped token. The model learns to carry on after
+        noise_prob: chance that pretraining swaps a word or format token of a solution for another
+            word or format token, drawn by its frequency in the solutions (:func:`~cft_rl.toy.corpus.swap_weights`),
+            with no loss on the swapped token. The model learns to carry on after
             an odd word, as web-trained models do; without it a tiny model derails after any perturbation,
             and most of its tokens come out "critical". Digits and operators are never swapped: a wrong
             number must still change the answer.

@@ -2,7 +2,7 @@
 
 Loss is on the solution tokens only: the random numbers in a question are noise to a predictor, and
 the tiny model's capacity is better spent on the arithmetic. A small share of the solutions' word and
-format tokens is swapped for random ones (:func:`swap_tokens`), with no loss on the swapped token: the
+format tokens is swapped for others drawn by frequency (:func:`swap_tokens`, :func:`swap_weights`), with no loss on the swapped token: the
 model learns to carry on after an odd word, as a web-trained model does, so that in the counterfactual
 annotation a perturbed word does not derail it and "critical" keeps the paper's meaning (the token
 decides the answer), not "the model is fragile here".
