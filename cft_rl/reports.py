@@ -28,15 +28,19 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def replace_block(text: str, start: str, end: str, block: str) -> str | None:
+    """``text`` with everything from marker ``start`` to marker ``end`` replaced by ``block`` (which
+    carries the markers again); None when ``text`` lacks them, for the caller to append or refuse."""
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    return pattern.sub(lambda _: block, text) if pattern.search(text) else None
+
+
 def write_section(name: str, body: str, command: str, path: Path = BENCHMARKS_MD) -> Path:
     """Replace (or append) the section ``name`` of the benchmarks file with ``body``."""
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     block = f"{start}\n{body.rstrip()}\n\nCommand: `{command}` ({machine_line()})\n{end}"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else _HEADER
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    text = (
-        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    )
-    path.write_text(text)
+    replaced = replace_block(text, start, end, block)
+    path.write_text(replaced if replaced is not None else text.rstrip() + "\n\n" + block + "\n")
     return path

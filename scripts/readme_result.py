@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-from cft_rl.reports import markdown_table
+from cft_rl.reports import markdown_table, replace_block
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- experiment-result -->", "<!-- experiment-result:end -->"
@@ -71,11 +70,10 @@ def block(summary: dict) -> str:
 
 
 def write(readme: Path, body: str) -> None:
-    text = readme.read_text()
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
-    if not pattern.search(text):
+    text = replace_block(readme.read_text(), START, END, f"{START}\n{body}\n{END}")
+    if text is None:
         raise SystemExit(f"{readme} has no {START} ... {END} block to rewrite; add the two markers first")
-    readme.write_text(pattern.sub(lambda _: f"{START}\n{body}\n{END}", text))
+    readme.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
