@@ -1,6 +1,8 @@
 """Shared fixtures. The tiny toy world is built once per test session (a few seconds on CPU)."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +62,21 @@ def grpo_config(tmp_path):
         return GRPORunConfig(**{**values, **overrides})
 
     return make
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def load_script(monkeypatch):
+    """``load_script(name)``: ``scripts/<name>.py`` as a module (scripts are not a package), with
+    ``scripts/`` on ``sys.path`` for the test so that its sibling modules import as when it runs."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -3,25 +3,17 @@ arm, or one per arm and GRPO seed), and the figures it reports from hand-made me
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
-
 
 @pytest.fixture
-def bench(monkeypatch):
+def bench(load_script):
     """The script as a module; its report module beside it is found as when it runs as a script."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("bench_warmstarts", SCRIPTS / "bench_warmstarts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_warmstarts")
 
 
 def _run(folder: Path, finished: bool = True) -> None:

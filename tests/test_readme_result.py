@@ -3,21 +3,14 @@ block is rewritten."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "readme_result.py"
-
 
 @pytest.fixture
-def script():
-    spec = importlib.util.spec_from_file_location("readme_result", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("readme_result")
 
 
 def _effect(arm, metric, diff, low, high, significant, measure="final"):

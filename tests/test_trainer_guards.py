@@ -3,8 +3,6 @@ normalised for any model, prepared rows longer than max_length, the GRPO benchma
 and GRPO metrics in TensorBoard."""
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +10,6 @@ import torch
 from cft_rl.cpu import QUIET_CPU_RUN
 from cft_rl.sft.prepare import prepare_dataset
 from cft_rl.sft.trainer import SelectiveSFTConfig, SelectiveSFTTrainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -151,15 +147,8 @@ def test_prepared_rows_are_cut_with_all_their_columns(toy, tmp_path, mode):
 # --- bench_grpo: the noise sentence follows its own figures ----------------------------------------
 
 
-def _bench_grpo():
-    spec = importlib.util.spec_from_file_location("bench_grpo", ROOT / "scripts" / "bench_grpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_grpo_says_within_noise_only_when_it_is():
-    noise_sentence = _bench_grpo().noise_sentence
+def test_bench_grpo_says_within_noise_only_when_it_is(load_script):
+    noise_sentence = load_script("bench_grpo").noise_sentence
     # Plain TRL alone varies by (4.2 - 3.5) / 4.0 = 17.5% from round to round; +2% is inside that.
     inside = noise_sentence([4.2, 3.5, 4.0, 4.0], [4.3, 3.5, 4.1, 4.05])
     assert "within the machine's noise" in inside and "17.5%" in inside

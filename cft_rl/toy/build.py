@@ -4,10 +4,8 @@ The folder loads like any Hub model (``AutoModelForCausalLM/AutoTokenizer.from_p
 also holds the task's splits (``DIR/data``, a ``DatasetDict`` in the benchmark record shape), so every
 later stage treats the toy exactly like a real model and dataset.
 
-Pretraining here is a plain PyTorch loop, not a TRL trainer: this is the "base model" that exists
-before our method starts, and a lean loop keeps a from-scratch build to about 22 minutes on one CPU
-thread. What it is trained on (solution tokens only, few of the hard problems, a few swapped words) is
-:mod:`cft_rl.toy.corpus`.
+How the model is pretrained (a plain PyTorch loop) is :mod:`cft_rl.toy.pretrain`; what it is trained on
+(solution tokens only, few of the hard problems, a few swapped words) is :mod:`cft_rl.toy.corpus`.
 
 The default build ships inside the package (``EMBEDDED``): see :func:`embedded_build`.
 
@@ -21,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -29,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import torch
-from tqdm.auto import tqdm
 
 from cft_rl.cpu import cpu_float_math
 from cft_rl.data.datasets import FEATURES
-from cft_rl.toy.corpus import batches_of, pretraining_corpus, pretraining_problems
+from cft_rl.toy.corpus import pretraining_corpus, pretraining_problems
+from cft_rl.toy.pretrain import make_model, pretrain_loop
 from cft_rl.toy.task import ToyTaskConfig, generate_splits, to_records
 from cft_rl.toy.tokenizer import load_tokenizer, train_tokenizer
 
@@ -42,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "toy_manifest.json"
 BUILD_VERSION = 3  # bump when the build procedure changes what a given config produces
+# Settings added within build version 3, with the value that reproduces the builds made before them.
+ADDED_LATER = {"lr_schedule": "cosine", "ema_decay": 0.0}
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,15 @@ class ToyBuildConfig:
         solutions_per_problem: pretraining texts per pretraining problem, each in its own style.
         vocab_size: BPE vocabulary, including 256 byte tokens and 3 special tokens.
         hidden_size / num_layers / num_heads / num_kv_heads / intermediate_size: the Qwen2 shape.
-        steps / batch_size / learning_rate / warmup_steps: pretraining; cosine decay to 10%.
+        steps / batch_size / learning_rate / warmup_steps: pretraining, after a linear warmup.
+        lr_schedule: ``"cosine"`` decays to 10% of ``learning_rate`` at ``steps``; ``"constant"`` keeps
+            it. Under ``"constant"`` nothing in the run depends on ``steps``, so a build of N steps is
+            exactly the first N steps of a longer one: builds that differ only in steps can be measured
+            from the checkpoints of one run.
+        ema_decay: if above 0, the saved weights are an exponential moving average of the trained ones
+            (``ema = d * ema + (1 - d) * w`` after each step, a horizon of about ``1 / (1 - d)`` steps).
+            Averaging does what a decaying learning rate does for the end of a run (it removes the
+            step-to-step noise) without tying the schedule to a planned length.
         pretrain_hard_share: the share of the pretraining split's hard problems (``ToyTaskConfig.hard_prob``)
             that pretraining keeps. A tenth by default: the base model then has a weak skill that the
             train and test splits ask for, which RL can strengthen (with none, every sampled solution of a
@@ -87,9 +93,17 @@ class ToyBuildConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
+    lr_schedule: str = "cosine"
+    ema_decay: float = 0.0
     pretrain_hard_share: float = 0.1
     noise_prob: float = 0.1
     threads: int = 1
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule {self.lr_schedule!r}: use 'cosine' or 'constant'")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay {self.ema_decay}: use 0 (no average) or a decay in (0, 1)")
 
     @classmethod
     def tiny(cls, **overrides) -> ToyBuildConfig:
@@ -124,7 +138,14 @@ class ToyBuildConfig:
         return cls(**values)
 
     def key(self) -> str:
-        blob = json.dumps({"version": BUILD_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        settings = dataclasses.asdict(self)
+        # Fields added after a build version enter the key only when set to something else than the
+        # behaviour that version had: the builds made before them (the embedded one among them) keep
+        # their keys, so no cache, pipeline stage or embedded model is invalidated by a no-op.
+        for name, before in ADDED_LATER.items():
+            if settings[name] == before:
+                del settings[name]
+        blob = json.dumps({"version": BUILD_VERSION, **settings}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -190,7 +211,7 @@ def build_toy(
 ) -> Path:
     """Build (or reuse) the toy world in ``out_dir``; returns the folder.
 
-    Settings that match an embedded build (:mod:`cft_rl.toy.presets`) copy it, unless ``rebuild``:
+    Settings that match an embedded build (``EMBEDDED``) copy it, unless ``rebuild``:
     then the model is pretrained from scratch, as the embedded one was."""
     out = Path(out_dir)
     if is_built(out, config) and not rebuild:
@@ -207,6 +228,14 @@ def build_toy(
         return _replace(tmp, out)
     tmp.mkdir(parents=True)
     start = time.perf_counter()
+    tokenizer, corpus = prepare_world(tmp, config)
+    model = _pretrain(make_model(config, tokenizer), tokenizer, corpus, config, progress)
+    save_model(tmp, model, tokenizer, config, time.perf_counter() - start)
+    return _replace(tmp, out)
+
+
+def prepare_world(folder: Path, config: ToyBuildConfig):
+    """Write the task's splits into ``folder``; returns the trained tokenizer and the pretraining corpus."""
     splits = generate_splits(
         {
             "pretrain": config.n_pretrain,
@@ -217,21 +246,61 @@ def build_toy(
         seed=config.seed,
         cfg=config.task,
     )
-    _save_datasets(tmp / "data", splits, config)
+    _save_datasets(folder / "data", splits, config)
     corpus = pretraining_corpus(pretraining_problems(splits["pretrain"], config.pretrain_hard_share), config)
-
     tokenizer = train_tokenizer([p + c for p, c in corpus[:4000]], vocab_size=config.vocab_size)
-    model = _pretrain(_make_model(config, tokenizer), tokenizer, corpus, config, progress)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    return tokenizer, corpus
+
+
+def save_model(folder: Path, model, tokenizer, config: ToyBuildConfig, seconds: float) -> None:
+    """The model, its tokenizer and the manifest (written last: a folder with it is a finished build)."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     manifest = {
         "key": config.key(),
         "config": dataclasses.asdict(config),
-        "build_seconds": round(time.perf_counter() - start, 1),
+        "build_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return _replace(tmp, out)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def build_lengths(folders: dict[int, str | Path], config: ToyBuildConfig, progress: bool = True) -> None:
+    """Build ``config`` at each step count of ``folders`` (steps -> folder) from one run of the longest.
+
+    Under a ``"constant"`` schedule a build of N steps is exactly the first N steps of a longer one
+    (same data order, same learning rates, same average), so one run saves every length as it passes
+    it: the same weights as separate builds, for the cost of the longest. Lengths already built are
+    skipped; each folder is written atomically, like :func:`build_toy`'s."""
+    if config.lr_schedule != "constant":
+        raise ValueError(
+            f"build_lengths needs lr_schedule='constant' (got {config.lr_schedule!r}): under a schedule "
+            "that depends on the planned steps, a shorter build is not a prefix of a longer one"
+        )
+    todo = {n: Path(f) for n, f in folders.items() if not is_built(f, dataclasses.replace(config, steps=n))}
+    if not todo:
+        return
+    longest = dataclasses.replace(config, steps=max(todo))
+    world = Path(todo[max(todo)]).with_name(f".{longest.key()}.lengths")
+    shutil.rmtree(world, ignore_errors=True)
+    world.mkdir(parents=True)
+    start = time.perf_counter()
+    tokenizer, corpus = prepare_world(world, longest)
+
+    def saver(steps: int, out: Path):
+        def save(model):
+            tmp = out.with_name(f".{out.name}.building")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(world / "data", tmp / "data")
+            length = dataclasses.replace(config, steps=steps)
+            save_model(tmp, model, tokenizer, length, time.perf_counter() - start)
+            _replace(tmp, out)
+
+        return save
+
+    at_steps = {steps: saver(steps, out) for steps, out in todo.items()}
+    _pretrain(make_model(longest, tokenizer), tokenizer, corpus, longest, progress, at_steps)
+    shutil.rmtree(world)
 
 
 def _replace(tmp: Path, out: Path) -> Path:
@@ -255,60 +324,9 @@ def _save_datasets(path: Path, splits: dict, config: ToyBuildConfig) -> None:
     dd.save_to_disk(str(path))
 
 
-def _make_model(config: ToyBuildConfig, tokenizer):
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(config.seed)
-    model_config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(model_config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
-    )
-    return model
-
-
-def _pretrain(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool):
+def _pretrain(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool, at_steps=None):
     with cpu_float_math(config.threads):
-        return _pretrain_loop(model, tokenizer, corpus, config, progress)
-
-
-def _pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool):
-    torch.manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.01
-    )
-    model.train()
-    batches = batches_of(tokenizer, corpus, config)
-    bar = tqdm(range(config.steps), desc="pretrain toy model", disable=not progress)
-    for step in bar:
-        warm = min(1.0, (step + 1) / config.warmup_steps)
-        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * warm * cosine
-        ids, labels = next(batches)
-        # Batches are right-padded, so under causal attention no real token ever sees a pad: no mask is
-        # needed, and without one SDPA takes its fused causal path (about 1.5x faster here). Pads carry
-        # label -100, so they add nothing to the loss.
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return model
+        return pretrain_loop(model, tokenizer, corpus, config, progress, at_steps)
 
 
 def load_toy(path: str | Path):

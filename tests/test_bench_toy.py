@@ -1,0 +1,67 @@
+"""scripts/bench_toy.py: issue 17's acceptance checks of the base model, computed from the measurements,
+and the steps builds of a constant schedule made in one run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+
+@pytest.fixture
+def bench(load_script):
+    return load_script("bench_toy")
+
+
+def _build(name, train, scale=None, **critical):
+    fractions = {"overall": 0.15, "digit": 0.7, "operator": 0.65, "format": 0.2, "word": 0.02}
+    fractions |= {"format outside the box": 0.03, **critical}
+    return {"name": name, "scale": scale, "train_greedy": train, "pass@1": 0.4, "pass@8": 0.7,
+            "distinct_completions": 8.0, "critical": fractions}  # fmt: skip
+
+
+def _failed(checks) -> list[str]:
+    return [c["check"] for c in checks if not c["pass"]]
+
+
+def test_a_robust_base_passes_every_check(bench):
+    builds = [_build("seed0", 0.55), _build("seed1", 0.60), _build("seed2", 0.52)]
+    builds += [_build("seed0-steps90", 0.52, 0.9), _build("seed0-steps110", 0.58, 1.1)]
+    assert _failed(bench.acceptance(builds, 8)) == []
+
+
+def test_each_bound_fails_on_its_own(bench):
+    seeds = [_build("seed0", 0.55), _build("seed1", 0.60), _build("seed0-steps90", 0.56, 0.9)]
+    spread = bench.acceptance([*seeds, _build("seed2", 0.44)], 8)
+    assert _failed(spread) == ["train greedy accuracy spread over seeds ≤ 10 pt"]
+    cliff = bench.acceptance([*seeds, _build("seed0-steps110", 0.61, 1.1)], 8)
+    assert _failed(cliff) == ["steps builds: train greedy accuracy within 5 pt of seed0"]
+    # The box's braces may be critical (they say which number is the answer); format outside it may not.
+    boxed = bench.acceptance([*seeds, _build("seed2", 0.55, format=0.9)], 8)
+    assert _failed(boxed) == []
+    outside = bench.acceptance([*seeds, _build("seed2", 0.55, **{"format outside the box": 0.06})], 8)
+    assert _failed(outside) == ["critical fraction of format tokens outside the box ≤ 5%, every seed"]
+    digits = bench.acceptance([*seeds, _build("seed2", 0.55, digit=0.4)], 8)
+    assert _failed(digits) == ["critical fraction of digit tokens > 50%, every seed"]
+
+
+def test_an_unmeasured_class_fails_its_check(bench):
+    checks = bench.acceptance([_build("seed0", 0.55, word=None), _build("seed0-steps90", 0.55, 0.9)], 8)
+    assert _failed(checks) == ["critical fraction of word tokens ≤ 5%, every seed"]
+    no_steps_builds = bench.acceptance([_build("seed0", 0.55)], 8)
+    assert _failed(no_steps_builds) == ["steps builds: train greedy accuracy within 5 pt of seed0"]
+
+
+def test_constant_schedule_steps_builds_come_from_one_run(bench, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "build_lengths", lambda folders, shape: calls.append((dict(folders), shape)))
+    args = argparse.Namespace(tiny=True, set=['lr_schedule="constant"'], seeds=[0, 1], steps_scale=[0.5, 2.0])
+    specs = bench.plan_builds(args)
+    bench.build_constant_lengths(specs, tmp_path)
+    assert [sorted(folders) for folders, _ in calls] == [[15, 30, 60], [30]]  # seed 0's lengths, then seed 1
+    assert calls[0][0][15] == tmp_path / "seed0-steps15"
+    assert {dataclasses.replace(shape, steps=30).seed for _, shape in calls} == {0, 1}
+    calls.clear()
+    bench.build_constant_lengths(bench.plan_builds(argparse.Namespace(**{**vars(args), "set": []})), tmp_path)
+    assert calls == []  # a cosine schedule: each length is its own build

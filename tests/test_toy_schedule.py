@@ -1,0 +1,98 @@
+"""The toy build's learning-rate schedules, its weight average, and building several lengths in one run."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cft_rl.toy import build as toy_module
+from cft_rl.toy.build import ToyBuildConfig, build_lengths, build_toy, is_built
+from cft_rl.toy.pretrain import learning_rate, make_model
+
+
+def test_learning_rates_by_hand():
+    cosine = ToyBuildConfig(learning_rate=1.0, warmup_steps=4, steps=10)
+    assert learning_rate(cosine, 0) == pytest.approx(0.25)  # warmup: (0 + 1) / 4
+    assert learning_rate(cosine, 3) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.3)))
+    assert learning_rate(cosine, 5) == pytest.approx(0.55)  # half way down to 10%
+    constant = dataclasses.replace(cosine, lr_schedule="constant")
+    assert [learning_rate(constant, s) for s in (0, 3, 5, 9, 10_000)] == pytest.approx([0.25, 1, 1, 1, 1])
+    # Only under "constant" is the rate of a step the same whatever the planned length.
+    assert learning_rate(dataclasses.replace(constant, steps=99), 5) == learning_rate(constant, 5)
+    assert learning_rate(dataclasses.replace(cosine, steps=99), 5) != learning_rate(cosine, 5)
+
+
+def test_bad_schedule_settings_name_the_fix():
+    with pytest.raises(ValueError, match="lr_schedule 'linear'.*'cosine' or 'constant'"):
+        ToyBuildConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="ema_decay 1.0"):
+        ToyBuildConfig(ema_decay=1.0)
+
+
+def test_settings_added_later_keep_the_older_builds_keys():
+    # The defaults reproduce the builds made before these fields existed, so their keys must not move
+    # (the embedded model's among them); any other value is a different build.
+    default = ToyBuildConfig()
+    assert {"lr_schedule": default.lr_schedule, "ema_decay": default.ema_decay} == toy_module.ADDED_LATER
+    assert default.key() == "dd5ac0a2fd1ff8a0"  # the key of the embedded v3 build, made before them
+    keys = {default.key(), ToyBuildConfig(lr_schedule="constant").key(), ToyBuildConfig(ema_decay=0.5).key()}
+    assert len(keys) == 3
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_constant_run_saves_exactly_the_builds_of_each_length(tmp_path):
+    config = ToyBuildConfig.tiny(steps=1, lr_schedule="constant", ema_decay=0.8)
+    folders = {8: tmp_path / "s8", 12: tmp_path / "s12"}
+    build_lengths(folders, config, progress=False)
+    for steps, folder in folders.items():
+        alone = build_toy(
+            tmp_path / f"alone{steps}", dataclasses.replace(config, steps=steps), progress=False
+        )
+        assert is_built(folder, dataclasses.replace(config, steps=steps))
+        assert _same(_weights(folder), _weights(alone)), (
+            f"the {steps}-step checkpoint is not the {steps}-step build"
+        )
+    assert not _same(_weights(folders[8]), _weights(folders[12]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone12", "alone8", "s12", "s8"]  # no debris
+
+
+def test_the_average_is_what_a_build_saves(tmp_path):
+    raw = build_toy(tmp_path / "raw", ToyBuildConfig.tiny(steps=6, lr_schedule="constant"), progress=False)
+    averaged = ToyBuildConfig.tiny(steps=6, lr_schedule="constant", ema_decay=0.5)
+    ema = build_toy(tmp_path / "ema", averaged, progress=False)
+    # By hand: the average starts at the initial weights and moves half way to the trained ones each step.
+    tokenizer, _ = toy_module.prepare_world(tmp_path / "world", averaged)
+    initial = make_model(averaged, tokenizer).state_dict()
+    trajectory = [initial]
+    for steps in range(1, 7):
+        folder = build_toy(tmp_path / f"raw{steps}", dataclasses.replace(averaged, steps=steps, ema_decay=0.0),
+                           progress=False)  # fmt: skip
+        trajectory.append(_weights(folder))
+    expected = trajectory[0]
+    for w in trajectory[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * w[k] for k in w}
+    got = _weights(ema)
+    assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in got)
+    assert _same(_weights(raw), trajectory[-1])
+    assert not _same(got, trajectory[-1])
+
+
+def test_build_lengths_refuses_a_schedule_tied_to_the_planned_length(tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule='constant'.*not a prefix"):
+        build_lengths({8: tmp_path / "a"}, ToyBuildConfig.tiny(), progress=False)
+
+
+def test_build_lengths_skips_lengths_already_built(tmp_path, monkeypatch):
+    config = ToyBuildConfig.tiny(steps=1, lr_schedule="constant")
+    build_lengths({5: tmp_path / "s5"}, config, progress=False)
+    monkeypatch.setattr(toy_module, "_pretrain", lambda *a, **k: pytest.fail("a built length was retrained"))
+    build_lengths({5: tmp_path / "s5"}, config, progress=False)
