@@ -355,8 +355,16 @@ def render(results: list[dict], checks: list[dict], args) -> str:
     settings = first["annotation"]["settings"]
     problems = first["problems"]
     times = ", ".join(f"{r['name']} {r['build_seconds']:.0f} s" for r in results)
+    settings_note = f" ({', '.join(args.set)} on the default preset)" if args.set else ""
+    one_run = (
+        " Under this constant learning rate each seed's builds of every length were saved by one run as it "
+        "passed that length (`cft_rl.toy.build.build_lengths`; the same weights as separate builds, checked "
+        "bit for bit by tests/test_toy_schedule.py), so a build time is the time that run took to get there."
+        if plan_builds(args)[0]["config"].lr_schedule == "constant"
+        else ""
+    )
     intro = (
-        "## Toy world base model over build seeds\n\n"
+        f"## Toy world base model over build seeds{settings_note}\n\n"
         f"Greedy accuracy on the first {problems['train']} train problems (the prompts the annotator and "
         f"GRPO use) and the first {problems['test']} held-out test problems; pass@1, pass@{k}, distinct "
         f"completions and distinct answers of {k} samples, and mean token entropy, at T=1 on those test "
@@ -367,7 +375,7 @@ def render(results: list[dict], checks: list[dict], args) -> str:
         "decodes one prompt at a time, unbatched, so its count of solved problems need not match the "
         "batched greedy accuracy exactly), by token class (`cft_rl.token_classes.token_class`); the column 'format outside the box' leaves out the final "
         "`\\boxed{...}`, whose command and braces decide which number is the answer. Mean and spread are over "
-        f"the seed builds; the steps builds rerun {first['name']} with scaled pretraining steps.\n\n"
+        f"the seed builds; the steps builds rerun {first['name']} with scaled pretraining steps.{one_run}\n\n"
     )
     check_rows = [[c["check"], c["measured"], "yes" if c["pass"] else "**no**"] for c in checks]
     return (
@@ -404,6 +412,11 @@ def main() -> int:
     )
     parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument(
+        "--section",
+        default="toy",
+        help="docs/benchmarks.md section to write (another name keeps the default build's section)",
+    )
     args = parser.parse_args()
     args.max_new_tokens = args.max_new_tokens or demo_eval_budget()
     if args.samples < 2:
@@ -417,7 +430,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({"builds": results, "checks": checks}, indent=2) + "\n")
     if not args.no_write:
         command = "python " + " ".join(["scripts/bench_toy.py", *sys.argv[1:]])
-        print("wrote", write_section("toy", body, command))
+        print("wrote", write_section(args.section, body, command))
     return 0
 
 
