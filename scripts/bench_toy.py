@@ -85,18 +85,30 @@ def plan_builds(args) -> list[dict]:
     return builds
 
 
-def build(folder: Path, config: ToyBuildConfig, check_only: bool = False) -> dict | None:
-    """Build (or reuse) one toy; refuse to replace a build made with other settings. Returns its manifest."""
+def refuse_other_settings(folder: Path, config: ToyBuildConfig) -> None:
+    """Stop if ``folder`` holds a toy build made with other settings: a rerun never replaces it."""
     manifest = folder / MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text()).get("key") != config.key():
         raise SystemExit(
             f"{folder} holds a toy build with other settings (not key {config.key()}): "
             "pass another --out, or delete that folder to rebuild it"
         )
-    if check_only:
-        return None
+
+
+def build(folder: Path, config: ToyBuildConfig) -> dict:
+    """Build (or reuse) one toy; refuse to replace a build made with other settings. Returns its manifest."""
+    refuse_other_settings(folder, config)
     build_toy(folder, config)
-    return json.loads(manifest.read_text())
+    return json.loads((folder / MANIFEST).read_text())
+
+
+def greedy_accuracy(model, tokenizer, rows, max_new_tokens: int) -> float:
+    """Greedy accuracy of ``model`` on dataset ``rows`` (their ``prompt`` and ``answer`` columns)."""
+    from cft_rl.eval.scoring import score_groups
+    from cft_rl.generation import generate
+
+    groups = generate(model, tokenizer, rows["prompt"], max_new_tokens=max_new_tokens)
+    return score_groups(groups, rows["answer"])[0]["accuracy"]
 
 
 def measure(folder: Path, args) -> dict:
@@ -112,8 +124,7 @@ def measure(folder: Path, args) -> dict:
     out = {}
     with cpu_float_math():
         for name, rows in split.items():
-            groups = generate(model, tokenizer, rows["prompt"], max_new_tokens=args.max_new_tokens)
-            out[f"{name}_greedy"] = score_groups(groups, rows["answer"])[0]["accuracy"]
+            out[f"{name}_greedy"] = greedy_accuracy(model, tokenizer, rows, args.max_new_tokens)
         test = split["test"]
         groups = generate(
             model, tokenizer, test["prompt"], n=args.samples, temperature=1.0,
@@ -197,7 +208,7 @@ def build_constant_lengths(specs: list[dict], out: Path) -> None:
     for spec in specs:
         config = spec["config"]
         if config.lr_schedule == "constant":
-            build(out / spec["name"], config, check_only=True)
+            refuse_other_settings(out / spec["name"], config)
             shape = dataclasses.replace(config, steps=1)  # steps aside, the settings the builds share
             groups.setdefault(shape, {})[config.steps] = out / spec["name"]
     for shape, folders in groups.items():
@@ -217,6 +228,7 @@ def run_builds(args) -> list[dict]:
         result = {k: v for k, v in spec.items() if k != "config"}
         result |= {
             "steps": spec["config"].steps,
+            "lr_schedule": spec["config"].lr_schedule,
             "dir": str(folder),
             "key": manifest["key"],
             "build_seconds": manifest["build_seconds"],
@@ -324,18 +336,14 @@ def acceptance(results: list[dict], k: int) -> list[dict]:
     ]  # fmt: skip
     # Format tokens are judged outside the final \boxed{...}: its command and braces say which number is
     # the answer, so replacing them always loses it (about 98% of them come out critical, by construction).
-    bounds = {
-        "overall": MAX_CRITICAL,
-        "word": MAX_CRITICAL_WORD_FORMAT,
-        OUTSIDE_BOX: MAX_CRITICAL_WORD_FORMAT,
-    }
-    for cls, bound in bounds.items():
-        what = {
-            "overall": "critical fraction",
-            OUTSIDE_BOX: "critical fraction of format tokens outside the box",
-        }
+    bounds = [
+        ("overall", "critical fraction", MAX_CRITICAL),
+        ("word", "critical fraction of word tokens", MAX_CRITICAL_WORD_FORMAT),
+        (OUTSIDE_BOX, "critical fraction of format tokens outside the box", MAX_CRITICAL_WORD_FORMAT),
+    ]
+    for cls, what, bound in bounds:
         fractions = [r["critical"][cls] for r in seeds]
-        label = f"{what.get(cls, f'critical fraction of {cls} tokens')} ≤ {bound:.0%}, every seed"
+        label = f"{what} ≤ {bound:.0%}, every seed"
         checks.append(_check(label, fractions, lambda f, b=bound: f <= b, _highest))
     for cls in ("digit", "operator"):  # the tokens that decide the answer must mostly be critical
         fractions = [r["critical"][cls] for r in seeds]
@@ -360,7 +368,7 @@ def render(results: list[dict], checks: list[dict], args) -> str:
         " Under this constant learning rate each seed's builds of every length were saved by one run as it "
         "passed that length (`cft_rl.toy.build.build_lengths`; the same weights as separate builds, checked "
         "bit for bit by tests/test_toy_schedule.py), so a build time is the time that run took to get there."
-        if plan_builds(args)[0]["config"].lr_schedule == "constant"
+        if first["lr_schedule"] == "constant"
         else ""
     )
     intro = (

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench_toy import greedy_accuracy
+
 from cft_rl.cpu import cpu_float_math
-from cft_rl.eval.scoring import score_groups
-from cft_rl.generation import generate
 from cft_rl.toy.build import load_toy
 
 
@@ -32,8 +32,7 @@ def main() -> int:
             row = []
             for _, _, data in worlds.values():
                 rows = data["train"].select(range(min(args.problems, len(data["train"]))))
-                groups = generate(model, tokenizer, rows["prompt"], max_new_tokens=args.max_new_tokens)
-                row.append(f"{score_groups(groups, rows['answer'])[0]['accuracy']:.1%}")
+                row.append(f"{greedy_accuracy(model, tokenizer, rows, args.max_new_tokens):.1%}")
             print(f"| {folder} | " + " | ".join(row) + " |", flush=True)
     return 0
 

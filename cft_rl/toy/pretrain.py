@@ -63,7 +63,8 @@ def pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: bo
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.01
     )
     params = list(model.parameters())
-    average = [p.detach().clone() for p in params] if config.ema_decay > 0 else None
+    trained = [p.detach() for p in params]  # views: the optimizer updates them in place
+    average = [w.clone() for w in trained] if config.ema_decay > 0 else None
     model.train()
     batches = batches_of(tokenizer, corpus, config)
     bar = tqdm(range(config.steps), desc="pretrain toy model", disable=not progress)
@@ -80,7 +81,7 @@ def pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: bo
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if average is not None:
-            torch._foreach_lerp_(average, [p.detach() for p in params], 1.0 - config.ema_decay)
+            torch._foreach_lerp_(average, trained, 1.0 - config.ema_decay)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step + 1 in at_steps:
             with _weights(params, average):
