@@ -31,6 +31,14 @@ import sys
 from pathlib import Path
 
 import yaml
+from bench_toy_curve import (
+    by_difficulty,
+    curve_table,
+    greedy_accuracy,
+    greedy_correct,
+    read_curve,
+    train_problems,
+)
 
 from cft_rl.outputs import settings_key
 from cft_rl.reports import markdown_table, write_section
@@ -102,15 +110,6 @@ def build(folder: Path, config: ToyBuildConfig) -> dict:
     return json.loads((folder / MANIFEST).read_text())
 
 
-def greedy_accuracy(model, tokenizer, rows, max_new_tokens: int) -> float:
-    """Greedy accuracy of ``model`` on dataset ``rows`` (their ``prompt`` and ``answer`` columns)."""
-    from cft_rl.eval.scoring import score_groups
-    from cft_rl.generation import generate
-
-    groups = generate(model, tokenizer, rows["prompt"], max_new_tokens=max_new_tokens)
-    return score_groups(groups, rows["answer"])[0]["accuracy"]
-
-
 def measure(folder: Path, args) -> dict:
     """Greedy accuracy on train and test, and the sampled metrics of ``args.samples`` at T=1 on test."""
     from cft_rl.cpu import cpu_float_math
@@ -122,9 +121,16 @@ def measure(folder: Path, args) -> dict:
         name: data[name].select(range(min(args.problems, len(data[name])))) for name in ("train", "test")
     }
     out = {}
+    config = ToyBuildConfig.from_dict(json.loads((folder / MANIFEST).read_text())["config"])
+    hard = [problem.hard for problem in train_problems(config, len(split["train"]))]
     with cpu_float_math():
-        for name, rows in split.items():
-            out[f"{name}_greedy"] = greedy_accuracy(model, tokenizer, rows, args.max_new_tokens)
+        train = split["train"]
+        correct = greedy_correct(model, tokenizer, train["prompt"], train["answer"], args.max_new_tokens)
+        out["train_greedy"], out["train_difficulty"] = (
+            sum(correct) / len(correct),
+            by_difficulty(correct, hard),
+        )
+        out["test_greedy"] = greedy_accuracy(model, tokenizer, split["test"], args.max_new_tokens)
         test = split["test"]
         groups = generate(
             model, tokenizer, test["prompt"], n=args.samples, temperature=1.0,
@@ -237,17 +243,20 @@ def run_builds(args) -> list[dict]:
             "annotated": summary["annotated"],
             "critical": critical_by_class(summary),
             "annotation": summary,
+            "curve": read_curve(folder, manifest["key"]),
         }
         results.append(result)
     return results
 
 
-COLUMN_KINDS = ["pct"] * 4 + ["num"] * 3 + ["int"] + ["pct"] * (2 + len(CLASSES))
+COLUMN_KINDS = ["pct"] * 6 + ["num"] * 3 + ["int"] + ["pct"] * (2 + len(CLASSES))
 
 
 def column_values(r: dict, k: int) -> list:
     """The measured numbers of one build, in table column order (kinds: :data:`COLUMN_KINDS`)."""
-    head = [r["train_greedy"], r["test_greedy"], r["pass@1"], r[f"pass@{k}"], r["distinct_completions"]]
+    difficulty = r.get("train_difficulty") or {}  # measurements cached before it was measured lack it
+    head = [r["train_greedy"], difficulty.get("easy"), difficulty.get("hard"), r["test_greedy"]]
+    head += [r["pass@1"], r[f"pass@{k}"], r["distinct_completions"]]
     return (
         head
         + [r["distinct_answers"], r["entropy"], r["annotated"], r["critical"]["overall"]]
@@ -283,7 +292,8 @@ def _defined(values) -> list:
 
 def table(results: list[dict], k: int) -> str:
     """A row per build, then the mean and spread over the seed builds and each steps build's change."""
-    header = ["build", "seed", "steps", "greedy (train)", "greedy (test)", "pass@1", f"pass@{k}"]
+    header = ["build", "seed", "steps", "greedy (train)", "train: easy", "train: hard", "greedy (test)"]
+    header += ["pass@1", f"pass@{k}"]
     header += [f"distinct/{k}", f"distinct answers/{k}", "entropy (nats)", "annotated solutions"]
     header += ["critical", *(f"critical: {c}" for c in (*CLASSES, OUTSIDE_BOX))]
     pairs = [(r, column_values(r, k)) for r in results]
@@ -386,11 +396,19 @@ def render(results: list[dict], checks: list[dict], args) -> str:
         f"the seed builds; the steps builds rerun {first['name']} with scaled pretraining steps.{one_run}\n\n"
     )
     check_rows = [[c["check"], c["measured"], "yes" if c["pass"] else "**no**"] for c in checks]
+    curves = curve_table(results)
+    if curves:
+        curves = (
+            "\n\nGreedy accuracy along the pretraining run, on the first train problems, easy and hard apart "
+            "(recorded by `scripts/bench_toy_curve.py` while the build was made; under a cosine schedule a "
+            "point along a run is not a shorter build, whose learning rate would have decayed):\n\n" + curves
+        )
     return (
         intro
         + table(results, k)
-        + f"\n\n{first['parameters'] / 1e6:.2f} M parameters. Build time (from scratch): {times}.\n\n"
-        + "Acceptance (issue 17):\n\n"
+        + f"\n\n{first['parameters'] / 1e6:.2f} M parameters. Build time (from scratch): {times}."
+        + curves
+        + "\n\nAcceptance (issue 17):\n\n"
         + markdown_table(["check", "measured", "pass"], check_rows)
     )
 

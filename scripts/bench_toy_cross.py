@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench_toy import greedy_accuracy
+from bench_toy_curve import greedy_accuracy
 
 from cft_rl.cpu import cpu_float_math
 from cft_rl.toy.build import load_toy

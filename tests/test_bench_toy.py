@@ -65,3 +65,38 @@ def test_constant_schedule_steps_builds_come_from_one_run(bench, tmp_path, monke
     calls.clear()
     bench.build_constant_lengths(bench.plan_builds(argparse.Namespace(**{**vars(args), "set": []})), tmp_path)
     assert calls == []  # a cosine schedule: each length is its own build
+
+
+@pytest.fixture
+def curve(load_script):
+    return load_script("bench_toy_curve")
+
+
+def test_accuracy_by_difficulty_by_hand(curve):
+    found = curve.by_difficulty([True, False, True, True, False], [False, False, True, True, True])
+    assert found == {"all": 0.6, "easy": 0.5, "hard": pytest.approx(2 / 3)}
+    assert curve.by_difficulty([True], [False])["hard"] is None  # no hard problem: undefined, not 0
+
+
+def test_a_curve_is_read_only_for_the_build_it_was_recorded_with(curve, tmp_path):
+    import json
+
+    folder = tmp_path / "seed0"
+    points = [{"step": 10, "all": 0.5, "easy": 0.75, "hard": 0.25}]
+    curve.curve_path(folder).write_text(json.dumps({"key": "abc", "points": points}))
+    assert curve.read_curve(folder, "abc") == points
+    assert curve.read_curve(folder, "other") is None  # a rebuilt folder: its old curve is not its own
+    assert curve.read_curve(tmp_path / "seed1", "abc") is None
+    table = curve.curve_table(
+        [
+            {
+                "name": "seed0",
+                "steps": 20,
+                "curve": points,
+                "train_difficulty": {"all": 0.6, "easy": 1.0, "hard": None},
+            }
+        ]
+    )
+    assert "| seed0 | 10 | 50.0% | 75.0% | 25.0% |" in table
+    assert "| **seed0 (saved)** | 20 | 60.0% | 100.0% | – |" in table
+    assert curve.curve_table([{"name": "seed0", "curve": None}]) == ""

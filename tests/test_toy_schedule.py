@@ -96,3 +96,33 @@ def test_build_lengths_skips_lengths_already_built(tmp_path, monkeypatch):
     build_lengths({5: tmp_path / "s5"}, config, progress=False)
     monkeypatch.setattr(toy_module, "_pretrain", lambda *a, **k: pytest.fail("a built length was retrained"))
     build_lengths({5: tmp_path / "s5"}, config, progress=False)
+
+
+def test_watching_a_run_leaves_its_model_unchanged(tmp_path):
+    # scripts/bench_toy_curve.py measures greedy accuracy during a build: generating in the middle of a
+    # run (which puts the model in eval mode) must not change what the build saves.
+    from cft_rl.generation import generate
+
+    config = ToyBuildConfig.tiny(steps=12)
+    seen = []
+
+    def watch(model, tokenizer):
+        generate(model, tokenizer, ["Ann has 3 apples."], max_new_tokens=4)
+        seen.append(model.training)
+
+    watched = build_toy(
+        tmp_path / "watched", config, progress=False, rebuild=True, at_steps={4: watch, 8: watch}
+    )
+    plain = build_toy(tmp_path / "plain", config, progress=False, rebuild=True)
+    assert seen == [False, False]  # the hooks ran, on a model in eval mode
+    assert _same(_weights(watched), _weights(plain))
+
+
+def test_world_problems_are_the_saved_splits(tmp_path):
+    config = ToyBuildConfig.tiny(steps=2)
+    folder = build_toy(tmp_path / "w", config, progress=False)
+    problems = toy_module.world_problems(config)
+    _, _, data = toy_module.load_toy(folder)
+    assert [str(p.answer) for p in problems["train"]] == data["train"]["answer"]
+    assert [p.question for p in problems["test"]] == data["test"]["question"]
+    assert any(p.hard for p in problems["train"]) and not all(p.hard for p in problems["train"])

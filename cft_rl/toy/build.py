@@ -208,11 +208,14 @@ def build_toy(
     config: ToyBuildConfig = ToyBuildConfig(),
     progress: bool = True,
     rebuild: bool = False,
+    at_steps: dict | None = None,
 ) -> Path:
     """Build (or reuse) the toy world in ``out_dir``; returns the folder.
 
     Settings that match an embedded build (``EMBEDDED``) copy it, unless ``rebuild``:
-    then the model is pretrained from scratch, as the embedded one was."""
+    then the model is pretrained from scratch, as the embedded one was. ``at_steps`` (step -> function
+    of the model and tokenizer) watches a from-scratch run as :func:`~cft_rl.toy.pretrain.pretrain_loop` describes;
+    what the functions do (say, measure accuracy) leaves the saved model as it would be without them."""
     out = Path(out_dir)
     if is_built(out, config) and not rebuild:
         logger.info("toy world in %s is up to date (key %s)", out, config.key())
@@ -229,23 +232,26 @@ def build_toy(
     tmp.mkdir(parents=True)
     start = time.perf_counter()
     tokenizer, corpus = prepare_world(tmp, config)
-    model = _pretrain(make_model(config, tokenizer), tokenizer, corpus, config, progress)
+    model = _pretrain(make_model(config, tokenizer), tokenizer, corpus, config, progress, at_steps)
     save_model(tmp, model, tokenizer, config, time.perf_counter() - start)
     return _replace(tmp, out)
 
 
+def world_problems(config: ToyBuildConfig) -> dict:
+    """The build's problems by split (``Problem`` objects, which know more than the saved records: for
+    instance whether a problem is ``hard``), regenerated from its settings."""
+    sizes = {
+        "pretrain": config.n_pretrain,
+        "train": config.n_train,
+        "validation": config.n_validation,
+        "test": config.n_test,
+    }
+    return generate_splits(sizes, seed=config.seed, cfg=config.task)
+
+
 def prepare_world(folder: Path, config: ToyBuildConfig):
     """Write the task's splits into ``folder``; returns the trained tokenizer and the pretraining corpus."""
-    splits = generate_splits(
-        {
-            "pretrain": config.n_pretrain,
-            "train": config.n_train,
-            "validation": config.n_validation,
-            "test": config.n_test,
-        },
-        seed=config.seed,
-        cfg=config.task,
-    )
+    splits = world_problems(config)
     _save_datasets(folder / "data", splits, config)
     corpus = pretraining_corpus(pretraining_problems(splits["pretrain"], config.pretrain_hard_share), config)
     tokenizer = train_tokenizer([p + c for p, c in corpus[:4000]], vocab_size=config.vocab_size)
@@ -288,7 +294,7 @@ def build_lengths(folders: dict[int, str | Path], config: ToyBuildConfig, progre
     tokenizer, corpus = prepare_world(world, longest)
 
     def saver(steps: int, out: Path):
-        def save(model):
+        def save(model, tokenizer):
             tmp = out.with_name(f".{out.name}.building")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(world / "data", tmp / "data")

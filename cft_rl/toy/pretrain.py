@@ -54,9 +54,10 @@ def learning_rate(config: ToyBuildConfig, step: int) -> float:
 
 
 def pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool, at_steps=None):
-    """Train ``config.steps`` steps. ``at_steps`` maps a step count to a function of the model, called
-    once that many steps are done, with the weights a build of that many steps would save (the average,
-    under ``ema_decay``): how a sweep measures several lengths of a ``"constant"`` run in one."""
+    """Train ``config.steps`` steps. ``at_steps`` maps a step count to a function of the model and its
+    tokenizer, called once that many steps are done, with the weights a build of that many steps would
+    save (the average, under ``ema_decay``): how a sweep measures several lengths of a ``"constant"`` run
+    in one, or watches accuracy along a run. The functions must leave the weights alone."""
     at_steps = at_steps or {}
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
@@ -85,7 +86,8 @@ def pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: bo
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step + 1 in at_steps:
             with _weights(params, average):
-                at_steps[step + 1](model)
+                at_steps[step + 1](model, tokenizer)
+            model.train()  # generating puts the model in eval mode (which would turn off any dropout)
     model.eval()
     if average is not None:
         with torch.no_grad():
