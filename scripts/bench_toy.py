@@ -2,13 +2,14 @@
 
 Builds the toy once per ``--seeds`` seed (and seed ``--seeds[0]`` again with its pretraining steps
 scaled by each ``--steps-scale``, to show the build is away from an accuracy cliff), then measures each
-build: greedy accuracy on the train split (the prompts the annotator and GRPO use) and on the held-out
-test split; pass@1, pass@k, distinct completions and answers of k samples, and token entropy at T=1 on
+build: greedy accuracy on the train split (the prompts the annotator and GRPO use), on its easy and
+its hard problems apart, and on the held-out test split; pass@1, pass@k, distinct completions and answers of k samples, and token entropy at T=1 on
 test; and the critical fraction, by token class, of the model's own correct greedy train solutions, as
 the pipeline's annotate stage marks them (its settings come from recipes/toy/pipeline.yaml).
 
 Writes the `toy` section of docs/benchmarks.md: a table with a row per build, the mean and spread over
-seeds, and the acceptance checks of issue 17 computed from those figures.
+seeds, the accuracy along each run that ``scripts/bench_toy_curve.py`` recorded (if it made the build),
+and the acceptance checks of issue 17 computed from those figures.
 
     python scripts/bench_toy.py [--seeds 0 1 2] [--steps-scale 0.9 1.1] [--out DIR] [--problems N]
         [--annotate N] [--set key=json ...] [--tiny] [--json PATH] [--no-write]
@@ -384,7 +385,9 @@ def render(results: list[dict], checks: list[dict], args) -> str:
     intro = (
         f"## Toy world base model over build seeds{settings_note}\n\n"
         f"Greedy accuracy on the first {problems['train']} train problems (the prompts the annotator and "
-        f"GRPO use) and the first {problems['test']} held-out test problems; pass@1, pass@{k}, distinct "
+        f"GRPO use; 'train: easy' and 'train: hard' split them by whether a problem ends with the "
+        "multiplication that pretraining mostly leaves out, `ToyTaskConfig.hard_prob`) and the first "
+        f"{problems['test']} held-out test problems; pass@1, pass@{k}, distinct "
         f"completions and distinct answers of {k} samples, and mean token entropy, at T=1 on those test "
         f"problems; budget {args.max_new_tokens} tokens. The critical fractions are those of the model's "
         f"own correct greedy solutions of the first {settings['limit']} train problems, annotated as the "
