@@ -127,10 +127,8 @@ def measure(folder: Path, args) -> dict:
     with cpu_float_math():
         train = split["train"]
         correct = greedy_correct(model, tokenizer, train["prompt"], train["answer"], args.max_new_tokens)
-        out["train_greedy"], out["train_difficulty"] = (
-            sum(correct) / len(correct),
-            by_difficulty(correct, hard),
-        )
+        out["train_difficulty"] = by_difficulty(correct, hard)
+        out["train_greedy"] = out["train_difficulty"]["all"]
         out["test_greedy"] = greedy_accuracy(model, tokenizer, split["test"], args.max_new_tokens)
         test = split["test"]
         groups = generate(

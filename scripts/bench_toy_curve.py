@@ -64,17 +64,6 @@ def train_problems(config, n: int) -> list:
     return world_problems(config)["train"][:n]
 
 
-def train_difficulty(model, tokenizer, config, n: int, max_new_tokens: int) -> dict:
-    """:func:`by_difficulty` of ``model``'s greedy answers to the first ``n`` train problems."""
-    from cft_rl.toy.task import to_records
-
-    problems = train_problems(config, n)
-    rows = to_records(problems, "train", config.seed, config.task)
-    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
-    correct = greedy_correct(model, tokenizer, prompts, answers, max_new_tokens)
-    return by_difficulty(correct, [p.hard for p in problems])
-
-
 def curve_path(folder: Path) -> Path:
     return folder.with_name(folder.name + CURVE)
 
@@ -111,6 +100,7 @@ def main() -> int:
     from bench_toy import parse_overrides, refuse_other_settings
 
     from cft_rl.toy.build import ToyBuildConfig, build_toy, is_built
+    from cft_rl.toy.task import to_records
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder of the builds (bench_toy.py's --out)")
@@ -127,11 +117,20 @@ def main() -> int:
     refuse_other_settings(folder, config)
     if is_built(folder, config):
         raise SystemExit(f"{folder} is built already; delete it to record its curve from a new run")
+    # The problems are regenerated once, not at every measured step.
+    problems = train_problems(config, args.problems)
+    rows = to_records(problems, "train", config.seed, config.task)
+    prompts, answers, hard = (
+        [r["prompt"] for r in rows],
+        [r["answer"] for r in rows],
+        [p.hard for p in problems],
+    )
     points, start = [], time.perf_counter()
 
     def measure(step):
         def at(model, tokenizer):
-            found = train_difficulty(model, tokenizer, config, args.problems, args.max_new_tokens)
+            correct = greedy_correct(model, tokenizer, prompts, answers, args.max_new_tokens)
+            found = by_difficulty(correct, hard)
             points.append({"step": step, **found, "seconds": round(time.perf_counter() - start)})
             print(json.dumps(points[-1]), file=sys.stderr, flush=True)
 
