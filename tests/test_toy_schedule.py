@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from cft_rl.toy import build as toy_module
 from cft_rl.toy.build import ToyBuildConfig, build_lengths, build_toy, is_built
 from cft_rl.toy.pretrain import learning_rate, make_model
+from cft_rl.toy.task import ToyTaskConfig
 
 
 def test_learning_rates_by_hand():
@@ -36,7 +37,12 @@ def test_settings_added_later_keep_the_older_builds_keys():
     # (the embedded model's among them); any other value is a different build.
     default = ToyBuildConfig()
     assert {"lr_schedule": default.lr_schedule, "ema_decay": default.ema_decay} == toy_module.ADDED_LATER
-    assert default.key() == "dd5ac0a2fd1ff8a0"  # the key of the embedded v3 build, made before them
+    # The first embedded v3 build (4 heads, 35% hard problems, a tenth of them in pretraining) was made
+    # before them: its settings must still give its key.
+    first_v3 = ToyBuildConfig(
+        num_heads=4, num_kv_heads=2, pretrain_hard_share=0.1, task=ToyTaskConfig(hard_prob=0.35)
+    )
+    assert first_v3.key() == "dd5ac0a2fd1ff8a0"
     keys = {default.key(), ToyBuildConfig(lr_schedule="constant").key(), ToyBuildConfig(ema_decay=0.5).key()}
     assert len(keys) == 3
 

@@ -52,7 +52,10 @@ class ToyBuildConfig:
         n_pretrain / n_train / n_validation / n_test: problems per split (disjoint by construction).
         solutions_per_problem: pretraining texts per pretraining problem, each in its own style.
         vocab_size: BPE vocabulary, including 256 byte tokens and 3 special tokens.
-        hidden_size / num_layers / num_heads / num_kv_heads / intermediate_size: the Qwen2 shape.
+        hidden_size / num_layers / num_heads / num_kv_heads / intermediate_size: the Qwen2 shape. Eight
+            heads of 16 dims (four key/value heads), not four of 32, at the same parameter count and step
+            time: with four, whether the model learnt to read the right operands within the budget
+            depended on the seed (train greedy 19-67% over seeds 0-2), with eight it did not (56-66%).
         steps / batch_size / learning_rate / warmup_steps: pretraining, after a linear warmup.
         lr_schedule: ``"cosine"`` decays to 10% of ``learning_rate`` at ``steps``; ``"constant"`` keeps
             it. Under ``"constant"`` nothing in the run depends on ``steps``, so a build of N steps is
@@ -63,9 +66,11 @@ class ToyBuildConfig:
             Averaging does what a decaying learning rate does for the end of a run (it removes the
             step-to-step noise) without tying the schedule to a planned length.
         pretrain_hard_share: the share of the pretraining split's hard problems (``ToyTaskConfig.hard_prob``)
-            that pretraining keeps. A tenth by default: the base model then has a weak skill that the
+            that pretraining keeps. 5% by default: the base model then has a weak skill that the
             train and test splits ask for, which RL can strengthen (with none, every sampled solution of a
-            hard problem is wrong, and GRPO gets no signal there); 0 leaves the skill out, 1 keeps it all.
+            hard problem is wrong, and GRPO gets no signal there; with 10% and eight heads, one seed
+            solved 46% of its hard train problems, too strong a start); 0 leaves the skill out, 1 keeps
+            it all.
         noise_prob: chance that pretraining swaps a word or format token of a solution for another
             word or format token, drawn by its frequency in the solutions (:func:`~cft_rl.toy.corpus.swap_weights`),
             with no loss on the swapped token. The model learns to carry on after
@@ -86,8 +91,8 @@ class ToyBuildConfig:
     vocab_size: int = 512
     hidden_size: int = 128
     num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    num_heads: int = 8
+    num_kv_heads: int = 4
     intermediate_size: int = 384
     steps: int = 4000
     batch_size: int = 32
@@ -95,7 +100,7 @@ class ToyBuildConfig:
     warmup_steps: int = 50
     lr_schedule: str = "cosine"
     ema_decay: float = 0.0
-    pretrain_hard_share: float = 0.1
+    pretrain_hard_share: float = 0.05
     noise_prob: float = 0.1
     threads: int = 1
 
@@ -121,6 +126,9 @@ class ToyBuildConfig:
             intermediate_size=64,
             steps=30,
             batch_size=16,
+            # The tests' fixtures were tuned on this world; the default's later task mix is not theirs.
+            task=ToyTaskConfig(hard_prob=0.35),
+            pretrain_hard_share=0.1,
         )
         return cls(**{**small, **overrides})
 

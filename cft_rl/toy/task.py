@@ -76,7 +76,9 @@ class ToyTaskConfig:
             puts accuracy on a plateau (the easy problems learnt, the hard ones not) instead of on the
             cliff where the arithmetic clicks: with easy problems only, greedy accuracy rose from 19%
             to 77% between 600 and 1200 pretraining steps, and with hard ones in pretraining the step
-            where it rose varied by more than 700 steps between two seeds.
+            where it rose varied by more than 700 steps between two seeds. 45% hard problems put the
+            default base model's greedy accuracy in the middle of its range (easy problems 83-96%, hard
+            ones 23-27% over three build seeds): half the problems give RL something to learn.
     """
 
     min_steps: int = 2
@@ -93,7 +95,7 @@ class ToyTaskConfig:
     intro_prob: float = 0.9
     goal_prob: float = 0.8
     reason_prob: float = 0.9
-    hard_prob: float = 0.35
+    hard_prob: float = 0.45
     hard_factors: tuple[int, int] = (4, 9)
 
     def __post_init__(self):
