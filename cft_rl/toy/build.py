@@ -169,7 +169,7 @@ def _check_keys(cls, values: dict, what: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Named toy builds, and the base model shipped inside the package.
 #
-# Why ship a model at all: the default toy base model comes out of a few minutes of CPU pretraining, and
+# Why ship a model at all: the default toy base model comes out of tens of minutes of CPU pretraining, and
 # its float rounding depends on the CPU: the same settings gave 26% greedy accuracy on one machine and 48%
 # on another when the build sat near an accuracy cliff. The default preset's build is therefore embedded
 # in the package (``cft_rl/toy/embedded/default``, about 4 MB), and building the default settings copies
