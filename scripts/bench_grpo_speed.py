@@ -62,12 +62,11 @@ VARIANTS = {
 
 
 def recipe_fields(recipe: Path) -> dict:
-    """The GRPO settings of the pipeline recipe, less the pipeline's own keys."""
-    import yaml
+    """The GRPO settings of the pipeline recipe, less the pipeline's own keys (as its grpo stages pass them)."""
+    from cft_rl.pipeline.recipe import Recipe
+    from cft_rl.pipeline.sections import pipeline_keys
 
-    fields = dict(yaml.safe_load(recipe.read_text())["grpo"])
-    fields.pop("seeds", None)
-    return fields
+    return {k: v for k, v in Recipe.load(recipe).grpo.items() if k not in pipeline_keys("grpo")}
 
 
 class StepClock:
