@@ -63,6 +63,16 @@ def test_a_section_change_rekeys_only_its_stages_and_downstream(tmp_path):
     assert all(base[n] != toy[n] for n in base)  # everything is downstream of the toy world
 
 
+def test_a_new_default_build_rekeys_the_toy_stage(tmp_path, monkeypatch):
+    """``toy: {}`` reads the same after the default preset or its embedded model changes: the stage
+    key must follow the build's own key, or an old pipeline folder keeps the old base model."""
+    import cft_rl.toy.build as build
+
+    base = _keys(_recipe(tmp_path))
+    monkeypatch.setattr(build, "BUILD_VERSION", f"{build.BUILD_VERSION}-next")
+    assert all(base[n] != k for n, k in _keys(_recipe(tmp_path)).items())
+
+
 def test_settings_that_do_not_change_results_rerun_nothing(tmp_path):
     base = _keys(_recipe(tmp_path))
     assert _keys(_recipe(tmp_path, "annotate.batch_size=7", "grpo.report_to=[tensorboard]")) == base

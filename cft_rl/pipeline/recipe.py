@@ -281,8 +281,15 @@ def stage_key(stage: Stage, keys: dict[str, str], root: str) -> str:
 
     The root folder is masked so that moving a whole pipeline folder does not rerun it."""
     settings = {k: v for k, v in stage.settings.items() if k not in UNKEYED}
+    keyed = {"kind": stage.kind, "settings": settings, "inputs": {n: keys[n] for n in stage.inputs}}
+    if stage.kind == "toy":
+        # The recipe names a preset's changes, not the preset: ``toy: {}`` stays the same text when the
+        # default preset (and its embedded model) changes, so the build's own key decides instead.
+        from cft_rl.toy.build import ToyBuildConfig
+
+        keyed["build"] = ToyBuildConfig.from_dict(settings).key()
     blob = json.dumps(
-        {"kind": stage.kind, "settings": settings, "inputs": {n: keys[n] for n in stage.inputs}},
+        keyed,
         sort_keys=True,
         default=str,
     ).replace(root, "$OUTPUT_DIR")
