@@ -36,8 +36,8 @@ def _solutions(model, tokenizer, data, args) -> list[dict]:
     kept: list[dict] = []
     for start in range(0, len(rows), 64):
         chunk = rows[start : start + 64]
-        # Batched greedy generation: a benchmark only needs correct solutions of the model's own (the
-        # annotate job decodes one prompt at a time, so that sharding cannot move an argmax).
+        # Padded batched greedy generation: a benchmark only needs correct solutions of the model's own
+        # (the annotate job decodes them unpadded, in a branch pool, so that sharding cannot move an argmax).
         groups = generate(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens=args.max_tokens)
         for row, group in zip(chunk, groups, strict=True):
             if check(group[0].text, row["answer"]).score == 1.0:

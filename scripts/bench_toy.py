@@ -391,8 +391,8 @@ def render(results: list[dict], checks: list[dict], args) -> str:
         f"own correct greedy solutions of the first {settings['limit']} train problems, annotated as the "
         f"pipeline does (recipes/toy/pipeline.yaml: k={settings.get('num_alternatives')}, "
         f"continuations of {settings.get('max_continuation_tokens')} tokens, fast engine; the annotator "
-        "decodes one prompt at a time, unbatched, so its count of solved problems need not match the "
-        "batched greedy accuracy exactly), by token class (`cft_rl.token_classes.token_class`); the column 'format outside the box' leaves out the final "
+        "writes its solutions without padding, in a branch pool, so its count of solved problems need not "
+        "match the padded batched greedy accuracy exactly), by token class (`cft_rl.token_classes.token_class`); the column 'format outside the box' leaves out the final "
         "`\\boxed{...}`, whose command and braces decide which number is the answer. Mean and spread are over "
         f"the seed builds; the steps builds rerun {first['name']} with scaled pretraining steps.{one_run}\n\n"
     )

@@ -358,8 +358,8 @@ def _scripted_solutions(monkeypatch, texts: dict[str, str]):
 
     class Scripted:
         def generate(self, prompts, **_):
-            question = next(q for q in texts if q in prompts[0][-1]["content"])
-            return [[SimpleNamespace(text=texts[question])]]
+            questions = [next(q for q in texts if q in prompt[-1]["content"]) for prompt in prompts]
+            return [[SimpleNamespace(text=texts[question])] for question in questions]
 
     monkeypatch.setattr(
         models,
@@ -424,7 +424,9 @@ def test_skips_are_on_disk_as_they_are_decided(toy_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(
         annotate_rows,
         "prepare_row",
-        lambda config, judge, row, index: prepared.append(index) or real_prepare(config, judge, row, index),
+        lambda config, judge, row, index, *rest: (
+            prepared.append(index) or real_prepare(config, judge, row, index, *rest)
+        ),
     )
     dataset = datasets.load_from_disk(str(run_annotation(config)))
     assert prepared == [2] and dataset["id"] == ["normal"]  # only the row in flight was redone

@@ -94,6 +94,43 @@ def test_backend_continues_like_generate(toy):
         backend.submit("x", handle, 4, 5, 3)
 
 
+def test_pool_generator_writes_what_generate_writes_one_prompt_at_a_time(monkeypatch):
+    """The self solutions, decoded together (fewer rows than prompts, so rows are refilled), are
+    ``generate``'s greedy completions of each prompt alone: same text, same token count. On the
+    embedded default model, not the tiny one: the tiny model writes one token over and over and never
+    stops, so only a model that solves problems ends its completions at different lengths."""
+    from cft_rl.annotate.solutions import PoolGenerator
+    from cft_rl.generation import generate
+    from cft_rl.toy.build import embedded_build, preset
+
+    model, tokenizer, data = load_toy(embedded_build(preset("default")))
+    prompts = data["train"]["prompt"][:6]
+
+    def same(budget):
+        pool = PoolGenerator(model, tokenizer, batch_size=4)
+        for _ in range(2):  # a second call on the same pool reuses its released slots
+            got = [s[0] for s in pool.generate(prompts, max_new_tokens=budget)]
+            alone = [
+                generate(model, tokenizer, [p], max_new_tokens=budget, batch_size=1)[0][0] for p in prompts
+            ]
+            assert [(s.text, s.num_tokens) for s in got] == [(s.text, s.num_tokens) for s in alone], budget
+        return [s.num_tokens for s in got]
+
+    assert same(1) == [1] * 6 and same(9) == [9] * 6
+    lengths = same(224)
+    assert max(lengths) < 224 and len(set(lengths)) > 1  # each ended on its stop token, at its own length
+    # A first token that is a stop token ends a completion at once (added as a stop here).
+    first = generate(model, tokenizer, prompts[:1], max_new_tokens=1)[0][0].text
+    monkeypatch.setattr(
+        model.generation_config,
+        "eos_token_id",
+        [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(first)],
+    )
+    assert same(224) == [1] * 6
+    with pytest.raises(ValueError, match="greedily"):
+        PoolGenerator(model, tokenizer).generate(prompts, temperature=1.0)
+
+
 # "small": one row per group and one own slot per segment, so every merge path runs; "unfused": the
 # shared part without the fused CPU kernel, as on a GPU.
 @pytest.mark.parametrize("layout", ["default", "small", "unfused"])

@@ -13,7 +13,8 @@ import torch
 
 from cft_rl import models
 from cft_rl.annotate.engine import VLLMBackend
-from cft_rl.generation import HFGenerator, VLLMGenerator
+from cft_rl.annotate.solutions import PoolGenerator
+from cft_rl.generation import VLLMGenerator
 
 if TYPE_CHECKING:
     from cft_rl.annotate.job import AnnotateConfig
@@ -41,9 +42,9 @@ def load_model(name: str):
 def load_judge(config: AnnotateConfig) -> Judge:
     if config.backend == "hf":
         model, tokenizer = load_model(config.model)
-        # One prompt per call: batched greedy decoding pads, and padding can change the argmax,
-        # which would make the output depend on how rows were sharded.
-        return Judge(model, tokenizer, HFGenerator(model, tokenizer, batch_size=1))
+        # Self solutions in a branch pool, not a padded batch: padding can change the argmax, which
+        # would make a solution depend on how rows were sharded (see cft_rl.annotate.solutions).
+        return Judge(model, tokenizer, PoolGenerator(model, tokenizer, config.batch_size))
     from vllm import LLM  # optional, GPU-only
 
     tokenizer = models.load_tokenizer(config.model)

@@ -20,30 +20,53 @@ if TYPE_CHECKING:
     from cft_rl.annotate.judge import Judge
 
 
-def _solution(config: AnnotateConfig, judge: Judge, row: dict) -> tuple[str | None, str | None]:
-    """``(solution, None)`` to annotate, or ``(None, skip reason)``."""
-    gold = (row["answer"] or "").strip()
+# Rows whose self solutions are written in one batched call (:mod:`cft_rl.annotate.solutions`): enough
+# to fill much of a batch, few enough that the engine gets its first solutions within seconds.
+SOLVE_CHUNK = 128
+
+
+def _gold_ok(row: dict) -> bool:
     # A gold that cannot verify against itself can never mark a continuation correct: every token
     # would come out critical.
-    if not gold or check("\\boxed{" + gold + "}", gold).score != 1.0:
+    gold = (row["answer"] or "").strip()
+    return bool(gold) and check("\\boxed{" + gold + "}", gold).score == 1.0
+
+
+def self_solutions(config: AnnotateConfig, judge: Judge, chunk: list[tuple[int, dict]]) -> dict[int, str]:
+    """``index -> text``: the model's greedy solutions of the rows of ``chunk`` that can be judged, in one
+    call of the judge's generator (batched without padding: see :mod:`cft_rl.annotate.solutions`)."""
+    if config.source != "self":
+        return {}
+    wanted = [(index, row) for index, row in chunk if _gold_ok(row)]
+    if not wanted:
+        return {}
+    samples = judge.generator.generate(
+        [row["prompt"] for _, row in wanted], max_new_tokens=config.max_new_tokens, seed=config.seed
+    )
+    return {index: sample[0].text.strip() for (index, _), sample in zip(wanted, samples, strict=True)}
+
+
+def _solution(config: AnnotateConfig, row: dict, generated: str | None) -> tuple[str | None, str | None]:
+    """``(solution, None)`` to annotate, or ``(None, skip reason)``; ``generated`` is the row's self
+    solution (:func:`self_solutions`)."""
+    if not _gold_ok(row):
         return None, "bad_gold"
     if config.source == "dataset":
         solution = row.get("solution")
         return (solution, None) if solution and solution.strip() else (None, "no_solution")
-    # One prompt per call: batched greedy decoding pads, and padding can change the argmax, which
-    # would make the output depend on how rows were sharded.
-    sample = judge.generator.generate([row["prompt"]], max_new_tokens=config.max_new_tokens, seed=config.seed)
-    solution = sample[0][0].text.strip()
-    if not solution:
+    if not generated:
         return None, "empty_solution"
-    if check(solution, gold).score != 1.0:
+    if check(generated, row["answer"].strip()).score != 1.0:
         return None, "wrong_self_solution"
-    return solution, None
+    return generated, None
 
 
-def prepare_row(config: AnnotateConfig, judge: Judge, row: dict, index: int) -> dict:
-    """``{"skipped": reason}`` (the row's output record), or ``{"solution": text}`` to annotate."""
-    solution, reason = _solution(config, judge, row)
+def prepare_row(
+    config: AnnotateConfig, judge: Judge, row: dict, index: int, generated: str | None = None
+) -> dict:
+    """``{"skipped": reason}`` (the row's output record), or ``{"solution": text}`` to annotate;
+    ``generated`` is the row's self solution when ``source="self"``."""
+    solution, reason = _solution(config, row, generated)
     if reason is None:
         try:
             _, completion_ids, _ = encode_example(judge.tokenizer, row["prompt"], solution)
@@ -111,8 +134,8 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
     for another row, so a kill loses only the rows in flight.
 
     ``progress``, if given, hears of the work in between: ``progress.prepared(index)`` once a row's
-    solution is ready for the engine (with ``source="self"``, generated and verified: that alone takes
-    a ``generate`` call per row), and ``progress.judged(index, judged, positions)`` as the fast engine
+    solution is ready for the engine (with ``source="self"``, generated and verified: the solutions
+    of :data:`SOLVE_CHUNK` rows are generated together), and ``progress.judged(index, judged, positions)`` as the fast engine
     judges a row's token positions, after every batch of branches (the reference reports whole rows).
     """
     if not rows:
@@ -120,15 +143,19 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
     solutions: dict[int, str] = {}
 
     def annotatable():
-        for index, row in rows.items():
-            prepared = prepare_row(config, judge, row, index)
-            if "skipped" in prepared:
-                emit(prepared)
-                continue
-            solutions[index] = prepared["solution"]
-            if progress is not None:
-                progress.prepared(index)
-            yield index, row["prompt"], prepared["solution"], row["answer"]
+        items = list(rows.items())
+        for start in range(0, len(items), SOLVE_CHUNK):
+            chunk = items[start : start + SOLVE_CHUNK]
+            generated = self_solutions(config, judge, chunk)
+            for index, row in chunk:
+                prepared = prepare_row(config, judge, row, index, generated.get(index))
+                if "skipped" in prepared:
+                    emit(prepared)
+                    continue
+                solutions[index] = prepared["solution"]
+                if progress is not None:
+                    progress.prepared(index)
+                yield index, row["prompt"], prepared["solution"], row["answer"]
 
     if config.engine == "fast":
         limits = (config.num_alternatives, config.max_continuation_tokens, config.batch_size)
@@ -160,7 +187,7 @@ class RowProgress:
     finished only when its slowest branch and its follow-up alternatives (queued behind everything
     else) are, so nearly every row finishes near the end of the run; a bar of finished rows then sits
     at 0 for most of it. Judged positions move with every batch of branches. The postfix counts the
-    solutions handed to the engine, which with ``source="self"`` are first generated, one at a time.
+    solutions handed to the engine, which with ``source="self"`` are first generated, a chunk at a time.
     """
 
     def __init__(self, total: int, desc: str):
