@@ -31,7 +31,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix cft_rl tests scripts
 	$(BIN)/ruff format cft_rl tests scripts
 
-# The whole two-phase experiment on the toy world (CPU, < 20 min on 2 cores); rerun to resume.
+# The whole two-phase experiment on the toy world (CPU; budget 20 min on 2 cores, measured time in docs/benchmarks.md); rerun to resume.
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/cft-rl pipeline recipes/toy/pipeline.yaml
 
