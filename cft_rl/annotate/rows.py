@@ -134,9 +134,10 @@ def annotate_rows(config: AnnotateConfig, judge: Judge, rows: dict[int, dict], e
     for another row, so a kill loses only the rows in flight.
 
     ``progress``, if given, hears of the work in between: ``progress.prepared(index)`` once a row's
-    solution is ready for the engine (with ``source="self"``, generated and verified: the solutions
-    of :data:`SOLVE_CHUNK` rows are generated together), and ``progress.judged(index, judged, positions)`` as the fast engine
-    judges a row's token positions, after every batch of branches (the reference reports whole rows).
+    solution is ready for the engine (with ``source="self"``, generated and verified, the solutions of
+    :data:`SOLVE_CHUNK` rows together), and ``progress.judged(index, judged, positions)`` as the fast
+    engine judges a row's token positions, after every batch of branches (the reference reports whole
+    rows). A kill during a chunk's generation loses that chunk's solutions, which were not yet decided.
     """
     if not rows:
         return  # nothing to annotate: no engine (and no model, which was never loaded) is touched
