@@ -8,6 +8,7 @@ and reporting progress in between (:class:`RowProgress`).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from cft_rl.annotate.engine import annotate_many
@@ -28,7 +29,13 @@ SOLVE_CHUNK = 128
 def _gold_ok(row: dict) -> bool:
     # A gold that cannot verify against itself can never mark a continuation correct: every token
     # would come out critical.
-    gold = (row["answer"] or "").strip()
+    return _verifies_itself((row["answer"] or "").strip())
+
+
+@functools.lru_cache(maxsize=4096)
+def _verifies_itself(gold: str) -> bool:
+    # Cached: with source="self" a row's gold is checked before its solution is generated and again
+    # when the solution is judged, and golds repeat across rows.
     return bool(gold) and check("\\boxed{" + gold + "}", gold).score == 1.0
 
 
