@@ -74,6 +74,7 @@ class StepClock:
 
     def __init__(self):
         self.steps: list[float] = []
+        self.ends: list[float] = []  # wall-clock time (time.time) of each step's end
         self.generate_seconds: list[float] = []
         self.first_batch: list[list[int]] | None = None
         self._start = 0.0
@@ -89,6 +90,7 @@ class StepClock:
 
             def on_step_end(self, args, state, control, **kwargs):
                 clock.steps.append(time.perf_counter() - clock._start)
+                clock.ends.append(time.time())
 
         return Clock()
 
@@ -142,6 +144,7 @@ def run_variant(name: str, toy: Path, fields: dict, seed: int, steps: int, work:
     history = [e for e in trainer.state.log_history if "reward" in e]
     return {
         "steps": clock.steps,
+        "ends": clock.ends,
         "generate_per_step": sum(clock.generate_seconds) / max(1, len(clock.steps)),
         "first_batch": clock.first_batch or [],
         "mean_length": statistics.mean(e["completions/mean_length"] for e in history),
@@ -233,12 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default=str(RECIPE), help="pipeline recipe with a grpo section")
     parser.add_argument("--work", default="/tmp/bench_grpo_speed", help="scratch folder for the runs")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.steps <= args.warmup:
         parser.error("--steps must exceed --warmup")
     from cft_rl.cpu import cpu_float_math
 
-    with cpu_float_math(threads=1):
+    with cpu_float_math(threads=args.threads):
         body = bench(args)
     command = "python scripts/bench_grpo_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{body}\n\nCommand: `{command.strip()}`")

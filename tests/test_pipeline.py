@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,43 @@ def test_pipeline_runs_end_to_end(finished):
     state = json.loads((root / "grpo/critical/seed1/trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "reward" in e] == [1, 2]
     assert json.loads((root / "eval/base/summary.json").read_text())["benchmarks"]
+
+
+def _span(manifest: dict) -> tuple[datetime, datetime]:
+    end = datetime.fromisoformat(manifest["finished"])
+    return end - timedelta(seconds=manifest["seconds"]), end
+
+
+def test_lanes_run_the_same_pipeline(finished, tmp_path):
+    # Two lanes, each stage in its own process (one GRPO seed and the base eval, to keep it short):
+    # the same stages and keys as the sequential run, the same annotation though written by two
+    # shard workers, each stage's output in its log, and the two SFT arms side by side.
+    root, recipe, _ = finished
+    work = tmp_path / "lanes"
+    lanes = _recipe(work, "lanes=2", "grpo.seeds=[0]", "eval.models=[base]")
+    lines = []
+    results = run_pipeline(lanes, echo=lines.append)
+    assert all(r.status == "new" for r in results)
+    sequential = {s.name: s.key for s in plan(recipe)}
+    for stage in plan(lanes):
+        manifest = read_manifest(work, stage)
+        assert manifest["status"] == "done" and manifest["key"] == stage.key, stage.name
+        assert stage.name == "compare" or sequential[stage.name] == stage.key, stage.name
+        assert (work / stage.name / "stage.log").stat().st_size > 0, stage.name
+    annotate = read_manifest(work, plan(lanes)[1])
+    assert annotate["threads"]["processes"] == 2 and annotate["threads"]["lanes"] == 2
+    assert sorted(p.name for p in (work / "annotate" / "shards").glob("*.jsonl")) == [
+        "shard-00000-of-00002.jsonl",
+        "shard-00001-of-00002.jsonl",
+    ]
+    import datasets
+
+    ours, theirs = (datasets.load_from_disk(str(r / "annotate" / "dataset")) for r in (work, root))
+    assert ours.to_list() == theirs.to_list()
+    (a_start, a_end), (b_start, b_end) = (_span(read_manifest(work, s)) for s in plan(lanes)[2:4])
+    assert a_start < b_end and b_start < a_end, "the two SFT arms did not run side by side"
+    assert any(line.startswith("==> sft/critical started (1 lane") for line in lines)
+    assert any(line.startswith("\npipeline finished in") for line in lines)
 
 
 def test_rerun_skips_finished_stages(finished, monkeypatch):

@@ -262,12 +262,21 @@ def run_shard(config: AnnotateConfig) -> Path:
     return path
 
 
+def shard_count(out: str | Path) -> int | None:
+    """How many workers the shard files in ``out`` were written by (None: no shard yet). A killed job
+    resumes its rows only under that count: the pipeline reads it to restart with as many workers."""
+    folder = Path(out) / "shards"
+    counts = {int(p.stem.rsplit("-", 1)[1]) for p in folder.glob("shard-*-of-*.jsonl")}
+    if len(counts) > 1:
+        raise ValueError(f"{folder} must hold the shards of one run; found counts {sorted(counts)}")
+    return counts.pop() if counts else None
+
+
 def _shard_files(out: Path) -> tuple[list[Path], int]:
-    paths = sorted((out / "shards").glob("shard-*-of-*.jsonl"))
-    counts = {int(p.stem.rsplit("-", 1)[1]) for p in paths}
-    if len(counts) != 1:
-        raise ValueError(f"{out / 'shards'} must hold the shards of one run; found counts {sorted(counts)}")
-    return paths, counts.pop()
+    n = shard_count(out)
+    if n is None:
+        raise ValueError(f"{out / 'shards'} holds no shard files; run the annotation first")
+    return sorted((out / "shards").glob(f"shard-*-of-{n:05d}.jsonl")), n
 
 
 def shards_complete(out: str | Path) -> bool:

@@ -8,6 +8,7 @@ A recipe has a few top-level settings and one section per stage kind::
     dataset_name: gsm8k_train         # annotation and RL prompts (default: the toy build's data)
     launch: accelerate launch ...     # optional: run annotate/sft/grpo jobs under this launcher
     threads: auto                     # optional: torch CPU threads per stage, or auto (free cores)
+    lanes: 2                          # optional: stages run at once, each in its own process
     annotate: {...}                   # AnnotateConfig fields
     sft: {arms: [full, critical], ...}   # SelectiveSFTConfig/ModelConfig fields shared by every arm
     grpo: {seeds: [0, 1, 2], ...}     # GRPORunConfig/ModelConfig fields shared by every arm and seed
@@ -41,7 +42,7 @@ from cft_rl.pipeline.sections import (
 
 SECTIONS = ("toy", "annotate", "sft", "grpo", "eval", "compare")
 TOP_LEVEL = ("output_dir", "model_name_or_path", "dataset_name", "dataset_train_split", "launch")
-TOP_LEVEL += ("threads", *SECTIONS)
+TOP_LEVEL += ("threads", "lanes", *SECTIONS)
 # Keys the pipeline sets itself: each stage's paths, and the per-arm/per-seed fields.
 RESERVED = {
     "annotate": {"model", "dataset", "out", "num_shards", "shard_index"},
@@ -154,6 +155,9 @@ class Recipe:
             the cores free when each stage starts (:mod:`cft_rl.pipeline.threads`), so that a busy
             machine slows a stage gracefully rather than several times over. ``None``: torch's default
             (every core). Not part of any stage key; recorded in each stage's manifest.
+        lanes (`int`, *optional*, defaults to `1`): stages run at once, each lane a process with an equal
+            share of the threads (:mod:`cft_rl.pipeline.lanes`); 1: one after another, in this process.
+            For CPU runs of small models; on a GPU leave 1, or the lanes share it. Not in any stage key.
     """
 
     output_dir: str
@@ -162,6 +166,7 @@ class Recipe:
     dataset_train_split: str = "train"
     launch: str | None = None
     threads: int | Literal["auto"] | None = None
+    lanes: int = 1
     toy: dict | None = None
     annotate: dict = field(default_factory=dict)
     sft: dict = field(default_factory=dict)
@@ -178,6 +183,8 @@ class Recipe:
             raise RecipeError("the recipe needs output_dir: the folder every stage writes under")
         if isinstance(values.get("threads"), int) and values["threads"] < 1:
             raise RecipeError(f"threads = {values['threads']}: give a count of at least 1, or auto")
+        if values.get("lanes", 1) < 1:
+            raise RecipeError(f"lanes = {values['lanes']}: give at least 1 (1 runs one stage at a time)")
         for section in SECTIONS:
             body = values.get(section)
             if body is None:

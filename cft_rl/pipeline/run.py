@@ -34,6 +34,7 @@ import yaml
 
 from cft_rl.outputs import supersede as keep
 from cft_rl.outputs import write_json
+from cft_rl.pipeline.lanes import run_lanes, sharded, shards
 from cft_rl.pipeline.recipe import Recipe, RecipeError, Stage, plan
 from cft_rl.pipeline.threads import stage_threads
 from cft_rl.resume import checkpoints
@@ -228,7 +229,27 @@ class StageResult:
     outputs: dict | None = None
 
 
-def describe_plan(stages: list[Stage], states: dict[str, str], root: Path, threads=None) -> str:
+def run_stage(stage: Stage, root: Path, threads=None, lane: dict | None = None) -> float:
+    """Run one stage in this process under ``threads`` (:mod:`cft_rl.pipeline.threads`), its manifest
+    ``running`` until it ends, then ``done`` with its outputs; returns its seconds. A sequential run calls
+    this for each stage; with lanes, each stage's worker process does (:mod:`cft_rl.pipeline.worker`),
+    with ``lane`` (the recipe's lanes and threads setting) added to the manifest's thread record."""
+    start = time.time()
+    with stage_threads(threads, stage.name, stage.kind, stage.launch) as chosen:
+        if chosen and lane:
+            chosen |= lane
+        extra = {"threads": chosen} if chosen else {}  # the count chosen: see cft_rl.pipeline.threads
+        write_manifest(root, stage, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+        outputs = RUNNERS[stage.kind](stage, root)
+    seconds = time.time() - start
+    finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_manifest(
+        root, stage, status="done", seconds=round(seconds, 1), outputs=outputs, finished=finished, **extra
+    )
+    return seconds
+
+
+def describe_plan(stages: list[Stage], states: dict[str, str], root: Path, threads=None, lanes=1) -> str:
     """The plan as a table: what each stage will do, its key and its folder."""
     verbs = {"done": "skip (done)", "resume": "resume", "rerun": "rerun (settings changed)", "new": "run"}
     width = max(len(s.name) for s in stages)
@@ -236,6 +257,8 @@ def describe_plan(stages: list[Stage], states: dict[str, str], root: Path, threa
     if threads is not None:
         how = "fitted to the free cores as each starts" if threads == "auto" else "fixed"
         lines[0] += f"; torch threads of the annotate/sft/grpo/eval stages: {threads} ({how})"
+    if lanes > 1:
+        lines[0] += f"; up to {lanes} stages at once, each in its own process (lanes: {lanes})"
     for i, s in enumerate(stages, 1):
         how = f" via `{s.launch}`" if s.launch and s.kind in ("annotate", "sft", "grpo") else ""
         lines.append(f"  [{i:>2}] {s.name:<{width}}  {verbs[states[s.name]]:<25} key {s.key}{how}")
@@ -252,45 +275,42 @@ def run_pipeline(recipe: Recipe, dry_run: bool = False, echo=print) -> list[Stag
         else:
             echo(f"{name}: a stage of an older plan; moved to {keep(root, folder, name, key)}")
     states = {s.name: status(root, s) for s in stages}
-    echo(describe_plan(stages, states, root, recipe.threads))
+    echo(describe_plan(stages, states, root, recipe.threads, recipe.lanes))
     if dry_run:
         return [StageResult(s.name, states[s.name]) for s in stages]
-    results = []
-    for i, stage in enumerate(stages, 1):
-        state = states[stage.name]
-        if state == "done":
-            manifest = read_manifest(root, stage)
-            results.append(StageResult(stage.name, state, 0.0, manifest.get("outputs")))
-            continue
-        if state == "rerun":
+    start = time.time()
+    for stage in stages:
+        if states[stage.name] == "rerun":
             echo(f"{stage.name}: settings changed; the old folder moved to {supersede(root, stage)}")
-        echo(f"\n==> [{i}/{len(stages)}] {stage.name} ({'resuming' if state == 'resume' else 'running'})")
-        start = time.time()
-        with stage_threads(recipe.threads, stage.name, stage.kind, stage.launch) as threads:
-            extra = {"threads": threads} if threads else {}  # the count chosen: see cft_rl.pipeline.threads
-            write_manifest(root, stage, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
-            outputs = RUNNERS[stage.kind](stage, root)
-        seconds = time.time() - start
-        write_manifest(
-            root,
-            stage,
-            status="done",
-            seconds=round(seconds, 1),
-            outputs=outputs,
-            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **extra,
+    if recipe.lanes > 1:
+        pending = [s for s in stages if states[s.name] != "done"]
+        done = {s.name for s in stages if states[s.name] == "done"}
+        seconds = run_lanes(pending, done, root, recipe.lanes, recipe.threads, echo)
+    else:
+        seconds = {}
+        for i, stage in enumerate(stages, 1):
+            if states[stage.name] != "done":
+                how = "resuming" if states[stage.name] == "resume" else "running"
+                echo(f"\n==> [{i}/{len(stages)}] {stage.name} ({how})")
+                resumed = sharded(stage, shards(stage, root, 1))  # an interrupted annotate: its shards
+                seconds[stage.name] = run_stage(resumed, root, recipe.threads)
+                echo(f"<== {stage.name} done in {seconds[stage.name]:.0f} s")
+    results = [
+        StageResult(
+            s.name, states[s.name], seconds.get(s.name, 0.0), (read_manifest(root, s) or {}).get("outputs")
         )
-        echo(f"<== {stage.name} done in {seconds:.0f} s")
-        results.append(StageResult(stage.name, state, seconds, outputs))
-    echo(summary(results, root))
+        for s in stages
+    ]
+    echo(summary(results, root, time.time() - start))
     return results
 
 
-def summary(results: list[StageResult], root: Path) -> str:
+def summary(results: list[StageResult], root: Path, wall: float) -> str:
     ran = [r for r in results if r.status != "done"]
     total = sum(r.seconds for r in ran)
     lines = [
-        f"\npipeline finished: {len(ran)} stages ran ({total / 60:.1f} min), {len(results) - len(ran)} were done"
+        f"\npipeline finished in {wall / 60:.1f} min: {len(ran)} stages ran ({total / 60:.1f} min of stage "
+        f"time), {len(results) - len(ran)} were done"
     ]
     report = next((r.outputs for r in results if r.name == "compare" and r.outputs), None)
     if report:
@@ -319,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     recipe = Recipe.load(args.recipe, args.set)
     with contextlib.suppress(KeyboardInterrupt):
-        run_pipeline(recipe, dry_run=args.dry_run)
+        # flushed: a pipeline's output usually goes to a log or through tee, and its progress must show
+        run_pipeline(recipe, dry_run=args.dry_run, echo=lambda line: print(line, flush=True))
         return 0
     print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
     return 130

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from cft_rl.cpu import fit_threads, measure_load
+from cft_rl.cpu import fit_threads, measure_load, usable_cores
 
 logger = logging.getLogger(__name__)
 THREADED_KINDS = ("annotate", "sft", "grpo", "eval")
@@ -46,6 +46,20 @@ def choose_threads(setting: int | str) -> dict:
         "busy": busy,
         "measured_by": load.source,
     }
+
+
+def lane_threads(setting: int | str | None, lanes: int, own: int = 0) -> int:
+    """Torch threads of one lane of ``lanes`` (:mod:`cft_rl.pipeline.lanes`): an equal share of
+    ``setting``'s count, at least 1. For ``auto`` the free cores are measured now, the ``own`` threads
+    of the lanes already running not counted as another job's; ``None``: a share of every core."""
+    if setting is None:
+        total = usable_cores()
+    elif setting == "auto":
+        load = measure_load()
+        total = fit_threads(load.cores, max(0.0, load.busy - own))
+    else:
+        total = int(setting)
+    return max(1, total // lanes)
 
 
 def launch_processes(launch: str | None) -> int:
