@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline by design: the toy world needs no hub, and tests must never reach one.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test test-slow quality format demo experiment toy bench-verifier bench-toy bench-annotate bench-sft bench-threads bench-demo bench-warmstarts clean
+.PHONY: install test test-slow quality format demo experiment toy bench-verifier bench-toy bench-annotate bench-sft bench-threads bench-lanes bench-demo bench-warmstarts clean
 
 install: $(STAMP)
 
@@ -57,6 +57,10 @@ bench-sft: toy
 # Step time under contention: torch threads on every core against threads fitted to the free ones.
 bench-threads: $(STAMP)
 	$(OFFLINE) $(BIN)/python scripts/bench_threads.py
+
+# GRPO in two lanes against one stage on both threads, and SFT epoch time by sampler (the demo's data).
+bench-lanes: demo
+	$(OFFLINE) $(BIN)/python scripts/bench_lanes.py --pipeline outputs/pipeline/toy
 
 bench-demo: demo
 	$(OFFLINE) $(BIN)/python scripts/bench_demo.py --pipeline outputs/pipeline/toy

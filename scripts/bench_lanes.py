@@ -1,4 +1,5 @@
-"""GRPO throughput of the pipeline's lanes: one stage on every thread against stages side by side.
+"""Toy pipeline speed: GRPO in lanes (one stage on every thread against stages side by side), and SFT
+epoch time by batch sampler.
 
 Writes the ``lanes`` section of docs/benchmarks.md (issue 17). The workload is the toy recipe's GRPO
 stage (``recipes/toy/pipeline.yaml``: 8 prompts x 8 completions of up to 224 tokens, all parameters
@@ -13,7 +14,13 @@ steps that ran while every run was running (between the last first-step end and 
 end), so that no run is timed alone. The first ``--warmup`` steps of each run are left out. Arms take
 turns in rounds, the order alternating, so drift of a shared machine hits both; the ratio is per round.
 
+SFT: the demo's ``sft/full/seed0`` stage (``recipes/toy/pipeline.yaml``, its annotated solutions
+from ``--pipeline``) for one epoch on one thread, under ``train_sampling_strategy`` ``random`` (TRL's
+default) and ``group_by_length`` (the toy recipes' setting: batches of similar lengths, less padding),
+in alternating order; wall time of the whole job (model load included, the same for both).
+
     python scripts/bench_lanes.py [--rounds 3] [--steps 8] [--threads 2] [--lanes 2] [--no-write]
+        [--pipeline outputs/pipeline/toy]   # a finished demo (make demo); without it, no SFT table
     python scripts/bench_lanes.py --rounds 1 --steps 3 --no-write      # smoke
 """
 
@@ -116,6 +123,49 @@ def bench(args) -> str:
     )
 
 
+def sft_epochs(pipeline: Path, rounds: int, work: Path) -> str:
+    """One epoch of the demo's sft/full/seed0 under each sampler, alternating; a markdown table."""
+    import yaml
+
+    from cft_rl.cpu import cpu_float_math
+    from cft_rl.pipeline.recipe import Recipe, plan
+    from cft_rl.reports import markdown_table
+    from cft_rl.sft.run import main as sft_main
+
+    recipe = Recipe.load(HERE.parent / "recipes" / "toy" / "pipeline.yaml", [f"output_dir={pipeline}"])
+    stage = next(s for s in plan(recipe) if s.name.startswith("sft/full"))
+    if not (pipeline / "annotate" / "dataset").is_dir():
+        raise SystemExit(f"{pipeline} has no annotate/dataset; run make demo first")
+    samplers = ["random", "group_by_length"]
+    seconds: dict[str, list[float]] = {name: [] for name in samplers}
+    for round_index in range(rounds):
+        for name in samplers if round_index % 2 == 0 else samplers[::-1]:
+            out = work / f"sft-{name}-{round_index}"
+            config = {**stage.settings, "num_train_epochs": 1, "train_sampling_strategy": name}
+            config |= {"output_dir": str(out), "disable_tqdm": True}
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(yaml.safe_dump(config))
+            start = time.perf_counter()
+            with cpu_float_math(threads=1):
+                sft_main(["--config", str(out / "config.yaml"), "--overwrite_output_dir", "true"])
+            seconds[name].append(time.perf_counter() - start)
+            print(f"round {round_index} sft {name}: {seconds[name][-1]:.1f} s", flush=True)
+    ratios = [a / b for a, b in zip(seconds["random"], seconds["group_by_length"], strict=True)]
+    rows = [
+        ["random", f"{statistics.median(seconds['random']):.1f}", "1.00x"],
+        [
+            "group_by_length",
+            f"{statistics.median(seconds['group_by_length']):.1f}",
+            f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f})",
+        ],
+    ]
+    head = (
+        f"SFT, one epoch of the demo's `{stage.name}` ({pipeline}/annotate), 1 thread, {rounds} round(s) "
+        "alternating; seconds of the whole job (median), speed-up per round (range):\n\n"
+    )
+    return head + markdown_table(["sampler", "seconds", "speed-up vs random"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
@@ -129,11 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lanes", type=int, default=2)
     parser.add_argument("--work", default="/tmp/bench_lanes", help="scratch folder for the runs")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--pipeline", default=None, help="a finished demo's output_dir, for the SFT table")
     args = parser.parse_args(argv)
     if args.steps <= args.warmup + 1:
         parser.error("--steps must exceed --warmup by at least 2")
     started = time.time()
     body = bench(args)
+    if args.pipeline:
+        body += "\n\n" + sft_epochs(Path(args.pipeline), args.rounds, Path(args.work))
     command = "python scripts/bench_lanes.py " + " ".join(argv)
     print(f"{body}\n\nCommand: `{command.strip()}` ({time.time() - started:.0f} s)")
     if not args.no_write:
