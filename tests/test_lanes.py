@@ -271,3 +271,19 @@ def test_an_interrupted_annotate_stage_resumes_with_its_shard_count(tmp_path, mo
     (shards / "shard-00000-of-00001.jsonl").write_text("")
     with pytest.raises(ValueError, match="must hold the shards of one run; found counts \\[1, 3\\]"):
         lanes.shards(annotate, tmp_path, 2)
+
+
+def test_the_demo_benchmark_counts_overlapping_stages_once(load_script):
+    # scripts/bench_demo.py: the wall time is the union of the stages' spans (each ends at its
+    # `finished` and lasted its `seconds`), so two lanes' stages side by side count once, and a pause
+    # between two runs (the demo, then the experiment's remaining stages) not at all.
+    busy_seconds = load_script("bench_demo").busy_seconds
+
+    spans = [
+        (10, "2026-12-07T10:00:10"),  # 10:00:00-10:00:10
+        (5, "2026-12-07T10:00:08"),  # 10:00:03-10:00:08, inside the first
+        (20, "2026-12-07T10:00:25"),  # 10:00:05-10:00:25, overlaps the first: union so far 25 s
+        (30, "2026-12-07T11:00:30"),  # an hour later, alone: +30 s
+    ]
+    assert busy_seconds(spans) == 55.0
+    assert busy_seconds([]) == 0.0
