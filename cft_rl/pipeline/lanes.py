@@ -25,6 +25,7 @@ import json
 import os
 import re
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -102,7 +103,8 @@ def sharded(stage: Stage, shards: int) -> Stage:
     ``WORLD_SIZE``); unchanged for one shard. ``launch`` is not keyed, so this reruns nothing."""
     if shards < 2:
         return stage
-    launch = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {shards}"
+    python = shlex.quote(sys.executable)  # the launcher is split as a shell line
+    launch = f"{python} -m torch.distributed.run --standalone --nproc_per_node {shards}"
     return dataclasses.replace(stage, launch=launch)
 
 
