@@ -8,7 +8,7 @@ A recipe has a few top-level settings and one section per stage kind::
     dataset_name: gsm8k_train         # annotation and RL prompts (default: the toy build's data)
     launch: accelerate launch ...     # optional: run annotate/sft/grpo jobs under this launcher
     threads: auto                     # optional: torch CPU threads per stage, or auto (free cores)
-    lanes: 2                          # optional: stages run at once, each in its own process
+    lanes: 2                          # optional: stages run at once, each lane a worker process
     annotate: {...}                   # AnnotateConfig fields
     sft: {arms: [full, critical], ...}   # SelectiveSFTConfig/ModelConfig fields shared by every arm
     grpo: {seeds: [0, 1, 2], ...}     # GRPORunConfig/ModelConfig fields shared by every arm and seed

@@ -258,7 +258,7 @@ def describe_plan(stages: list[Stage], states: dict[str, str], root: Path, threa
         how = "fitted to the free cores as each starts" if threads == "auto" else "fixed"
         lines[0] += f"; torch threads of the annotate/sft/grpo/eval stages: {threads} ({how})"
     if lanes > 1:
-        lines[0] += f"; up to {lanes} stages at once, each in its own process (lanes: {lanes})"
+        lines[0] += f"; up to {lanes} stages at once, one per lane, each lane a process (lanes: {lanes})"
     for i, s in enumerate(stages, 1):
         how = f" via `{s.launch}`" if s.launch and s.kind in ("annotate", "sft", "grpo") else ""
         lines.append(f"  [{i:>2}] {s.name:<{width}}  {verbs[states[s.name]]:<25} key {s.key}{how}")
