@@ -3,7 +3,7 @@
     make demo && python scripts/bench_demo.py --pipeline outputs/pipeline/toy
     make experiment && python scripts/bench_demo.py --pipeline outputs/pipeline/toy --section experiment
 
-Reads the stage manifests (each records its own seconds, start and finish) and the report, so the
+Reads the stage manifests (each records its own seconds and finish time) and the report, so the
 figures are those of the run itself rather than of a second run. The wall time is the time during which
 at least one stage was running (the union of the stages' start-to-finish spans): with ``lanes`` several
 stages run at once, so it is less than the sum of their seconds, and a pause between two runs (the demo,

@@ -68,7 +68,8 @@ def run_job(job: dict, root: Path) -> dict:
 def main(argv: list[str] | None = None, replies=None) -> int:
     (root,) = argv if argv is not None else sys.argv[1:]
     # Replies go to the original stdout, which the jobs' output never reaches (it is pointed at logs).
-    replies = replies or os.fdopen(os.dup(1), "w", buffering=1)
+    if replies is None:
+        replies = os.fdopen(os.dup(1), "w", buffering=1)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         for line in sys.stdin:
