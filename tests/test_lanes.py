@@ -287,3 +287,17 @@ def test_the_demo_benchmark_counts_overlapping_stages_once(load_script):
     ]
     assert busy_seconds(spans) == 55.0
     assert busy_seconds([]) == 0.0
+
+
+def test_the_demo_benchmark_tells_several_runs_from_one(load_script):
+    # A pause with no stage running means the stages came from more than one run: the wall time then
+    # must not be called a from-scratch time.
+    bench = load_script("bench_demo")
+    one_run = [(10, "2026-12-07T10:00:10"), (20, "2026-12-07T10:00:40")]  # a 10 s scheduling gap
+    two_runs = [*one_run, (30, "2026-12-07T10:05:40")]  # starts 10:05:10, 270 s after the last finish
+    assert bench.pauses(one_run) == []
+    assert bench.pauses(two_runs) == [270.0]
+    manifests = [{"seconds": s, "finished": f} for s, f in two_runs]
+    assert "Not a from-scratch time" in bench.wall_sentence(manifests, 60.0, 90)
+    assert "2 pipeline runs" in bench.wall_sentence(manifests, 60.0, 90)
+    assert "From scratch" in bench.wall_sentence(manifests[:2], 30.0, 90)
