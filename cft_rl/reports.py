@@ -22,6 +22,14 @@ def machine_line() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
 
 
+def alternating(names: list[str], rounds: int):
+    """``(round, name)`` for every arm in every round, the order reversed on odd rounds: a benchmark's
+    arms take turns, so that drift of a shared machine within a round hits each arm alike."""
+    for round_index in range(rounds):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            yield round_index, name
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -41,10 +41,8 @@ def merged_spans(spans: list[tuple[float, str]]) -> list[tuple[datetime, datetim
     """The union of the stages' spans as disjoint intervals, in order; each span is given as
     ``(seconds, finished)`` (a manifest's own figure and its ``%Y-%m-%dT%H:%M:%S`` finish), so that the
     span is the one timed."""
-    parsed = sorted(
-        (end - timedelta(seconds=sec), end)
-        for sec, end in ((sec, datetime.fromisoformat(fin)) for sec, fin in spans)
-    )
+    ends = [(seconds, datetime.fromisoformat(finished)) for seconds, finished in spans]
+    parsed = sorted((end - timedelta(seconds=seconds), end) for seconds, end in ends)
     merged: list[tuple[datetime, datetime]] = []
     for start, finish in parsed:
         if merged and start <= merged[-1][1]:
@@ -67,6 +65,10 @@ def pauses(spans: list[tuple[float, str]], longer_than: float = PAUSE_S) -> list
     return [g for g in gaps if g > longer_than]
 
 
+def stage_spans(manifests: list[dict]) -> list[tuple[float, str]]:
+    return [(m["seconds"], m["finished"]) for m in manifests]
+
+
 def time_table(manifests: list[dict]) -> tuple[str, float]:
     by_kind: dict[str, list[float]] = defaultdict(list)
     threads: dict[str, set[int]] = defaultdict(set)  # the counts `threads:` gave the stages (if set)
@@ -82,14 +84,14 @@ def time_table(manifests: list[dict]) -> tuple[str, float]:
     ]
     total = sum(sum(v) for v in by_kind.values())
     rows.append(["total", len(manifests), f"{total:.0f} ({total / 60:.1f} min)", ""])
-    wall = busy_seconds([(m["seconds"], m["finished"]) for m in manifests])
+    wall = busy_seconds(stage_spans(manifests))
     rows.append(["**wall time**", "", f"**{wall:.0f}** ({wall / 60:.1f} min)", ""])
     return markdown_table(["stage kind", "stages", "seconds", "torch threads"], rows), wall
 
 
 def wall_sentence(manifests: list[dict], wall: float, budget: int) -> str:
     """What the wall time is: a from-scratch time only when no pause splits the stages into runs."""
-    gaps = pauses([(m["seconds"], m["finished"]) for m in manifests])
+    gaps = pauses(stage_spans(manifests))
     how = (
         "the time during which at least one stage ran, from the stage manifests' seconds and finish times. "
         "The table's seconds are each stage's own, summed; with lanes, stages overlap."

@@ -141,15 +141,13 @@ def _recipe_probe_fields() -> dict:
 
 
 def bench_overhead(args) -> str:
-    from cft_rl.reports import markdown_table
+    from cft_rl.reports import alternating, markdown_table
 
     out = Path(args.work) / "overhead"
     runs = {"plain": [], "monitored": []}
-    for round_index in range(args.rounds):
-        order = ["plain", "monitored"] if round_index % 2 == 0 else ["monitored", "plain"]
-        for kind in order:
-            runs[kind].append(_one_run(kind, Path(args.toy), round_index, args.steps, out))
-            print(kind, round_index, f"{runs[kind][-1]['seconds_per_step']:.2f} s/step", flush=True)
+    for round_index, kind in alternating(["plain", "monitored"], args.rounds):
+        runs[kind].append(_one_run(kind, Path(args.toy), round_index, args.steps, out))
+        print(kind, round_index, f"{runs[kind][-1]['seconds_per_step']:.2f} s/step", flush=True)
     same = all(p["rewards"] == m["rewards"] for p, m in zip(runs["plain"], runs["monitored"], strict=True))
     plain = [r["seconds_per_step"] for r in runs["plain"]]
     monitored = [r["seconds_per_step"] for r in runs["monitored"]]

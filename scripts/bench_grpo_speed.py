@@ -160,7 +160,7 @@ def same_share(batch: list[list[int]], reference: list[list[int]]) -> float:
 
 
 def bench(args) -> str:
-    from cft_rl.reports import markdown_table
+    from cft_rl.reports import alternating, markdown_table
 
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -170,13 +170,11 @@ def bench(args) -> str:
         names = ["baseline", *names]
     fields = recipe_fields(Path(args.recipe))
     runs: dict[str, list[dict]] = {n: [] for n in names}
-    for round_index in range(args.rounds):
-        order = names if round_index % 2 == 0 else names[::-1]
-        for name in order:
-            run = run_variant(name, Path(args.toy), fields, round_index, args.steps, Path(args.work))
-            runs[name].append(run)
-            steady = run["steps"][args.warmup :]
-            print(f"round {round_index} {name}: {statistics.mean(steady):.2f} s/step", flush=True)
+    for round_index, name in alternating(names, args.rounds):
+        run = run_variant(name, Path(args.toy), fields, round_index, args.steps, Path(args.work))
+        runs[name].append(run)
+        steady = run["steps"][args.warmup :]
+        print(f"round {round_index} {name}: {statistics.mean(steady):.2f} s/step", flush=True)
 
     def steady(run: dict) -> float:
         return statistics.mean(run["steps"][args.warmup :])

@@ -2,7 +2,7 @@
 epoch time by batch sampler.
 
 Writes the ``lanes`` section of docs/benchmarks.md (issue 17). The workload is the toy recipe's GRPO
-stage (``recipes/toy/pipeline.yaml``: 8 prompts x 8 completions of up to 224 tokens, all parameters
+stage (``recipes/toy/pipeline.yaml`` as it stands: its prompts x completions per step, all parameters
 trained) from the embedded default model, run by ``scripts/bench_grpo_speed.py``'s ``run_variant``
 in worker processes, as the pipeline runs each stage in its own process:
 
@@ -80,21 +80,19 @@ def throughput(runs: list[dict], warmup: int) -> tuple[float, int]:
 
 
 def bench(args) -> str:
-    from cft_rl.reports import markdown_table
+    from cft_rl.reports import alternating, markdown_table
 
     per_lane = max(1, args.threads // args.lanes)
     arms = {"one": [(args.threads, 0)], "lanes": [(per_lane, i) for i in range(args.lanes)]}
     rates: dict[str, list[float]] = {name: [] for name in arms}
     counted: dict[str, list[int]] = {name: [] for name in arms}
-    for round_index in range(args.rounds):
-        order = list(arms) if round_index % 2 == 0 else list(arms)[::-1]
-        for name in order:
-            work = Path(args.work) / f"{name}-{round_index}"
-            processes = [start(t, seed, args.steps, work / str(seed)) for t, seed in arms[name]]
-            rate, n = throughput([collect(p) for p in processes], args.warmup)
-            rates[name].append(rate)
-            counted[name].append(n)
-            print(f"round {round_index} {name}: {rate:.3f} steps/s ({n} steps counted)", flush=True)
+    for round_index, name in alternating(list(arms), args.rounds):
+        work = Path(args.work) / f"{name}-{round_index}"
+        processes = [start(t, seed, args.steps, work / str(seed)) for t, seed in arms[name]]
+        rate, n = throughput([collect(p) for p in processes], args.warmup)
+        rates[name].append(rate)
+        counted[name].append(n)
+        print(f"round {round_index} {name}: {rate:.3f} steps/s ({n} steps counted)", flush=True)
     ratios = [b / a for a, b in zip(rates["one"], rates["lanes"], strict=True)]
     rows = [
         [
@@ -129,7 +127,7 @@ def sft_epochs(pipeline: Path, rounds: int, work: Path) -> str:
 
     from cft_rl.cpu import cpu_float_math
     from cft_rl.pipeline.recipe import Recipe, plan
-    from cft_rl.reports import markdown_table
+    from cft_rl.reports import alternating, markdown_table
     from cft_rl.sft.run import main as sft_main
 
     recipe = Recipe.load(HERE.parent / "recipes" / "toy" / "pipeline.yaml", [f"output_dir={pipeline}"])
@@ -138,18 +136,17 @@ def sft_epochs(pipeline: Path, rounds: int, work: Path) -> str:
         raise SystemExit(f"{pipeline} has no annotate/dataset; run make demo first")
     samplers = ["random", "group_by_length"]
     seconds: dict[str, list[float]] = {name: [] for name in samplers}
-    for round_index in range(rounds):
-        for name in samplers if round_index % 2 == 0 else samplers[::-1]:
-            out = work / f"sft-{name}-{round_index}"
-            config = {**stage.settings, "num_train_epochs": 1, "train_sampling_strategy": name}
-            config |= {"output_dir": str(out), "disable_tqdm": True}
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(yaml.safe_dump(config))
-            start = time.perf_counter()
-            with cpu_float_math(threads=1):
-                sft_main(["--config", str(out / "config.yaml"), "--overwrite_output_dir", "true"])
-            seconds[name].append(time.perf_counter() - start)
-            print(f"round {round_index} sft {name}: {seconds[name][-1]:.1f} s", flush=True)
+    for round_index, name in alternating(samplers, rounds):
+        out = work / f"sft-{name}-{round_index}"
+        config = {**stage.settings, "num_train_epochs": 1, "train_sampling_strategy": name}
+        config |= {"output_dir": str(out), "disable_tqdm": True}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config))
+        start = time.perf_counter()
+        with cpu_float_math(threads=1):
+            sft_main(["--config", str(out / "config.yaml"), "--overwrite_output_dir", "true"])
+        seconds[name].append(time.perf_counter() - start)
+        print(f"round {round_index} sft {name}: {seconds[name][-1]:.1f} s", flush=True)
     ratios = [a / b for a, b in zip(seconds["random"], seconds["group_by_length"], strict=True)]
     rows = [
         ["random", f"{statistics.median(seconds['random']):.1f}", "1.00x"],

@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from cft_rl.cpu import QUIET_CPU_RUN
-from cft_rl.reports import markdown_table, write_section
+from cft_rl.reports import alternating, markdown_table, write_section
 from cft_rl.sft.prepare import prepare_dataset
 from cft_rl.sft.run import load_sft_dataset
 from cft_rl.sft.selection import numeric_spans
@@ -105,17 +105,13 @@ def _time_variants(args, model, tokenizer, rows) -> dict[str, dict[str, list[flo
         )
         prepared[variant], _ = prepare_dataset(rows, tokenizer, config)
     times = {variant: {"cpu": [], "wall": []} for variant in VARIANTS}
-    for round_index in range(args.rounds):
-        order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
-        for variant in order:
-            trainer = _trainer(
-                variant, model, tokenizer, prepared[variant], args, f"{args.scratch}/{variant}"
-            )
-            timer = StepTimer()
-            trainer.add_callback(timer)
-            trainer.train()
-            times[variant]["cpu"].append(timer.cpu[args.warmup :])
-            times[variant]["wall"].append(timer.wall[args.warmup :])
+    for _, variant in alternating(list(VARIANTS), args.rounds):
+        trainer = _trainer(variant, model, tokenizer, prepared[variant], args, f"{args.scratch}/{variant}")
+        timer = StepTimer()
+        trainer.add_callback(timer)
+        trainer.train()
+        times[variant]["cpu"].append(timer.cpu[args.warmup :])
+        times[variant]["wall"].append(timer.wall[args.warmup :])
     return times
 
 

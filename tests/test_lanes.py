@@ -301,3 +301,11 @@ def test_the_demo_benchmark_tells_several_runs_from_one(load_script):
     assert "Not a from-scratch time" in bench.wall_sentence(manifests, 60.0, 90)
     assert "2 pipeline runs" in bench.wall_sentence(manifests, 60.0, 90)
     assert "From scratch" in bench.wall_sentence(manifests[:2], 30.0, 90)
+
+
+def test_benchmark_arms_take_turns_in_alternating_order():
+    # cft_rl.reports.alternating: every benchmark script's rounds; each arm goes first every other round.
+    from cft_rl.reports import alternating
+
+    assert list(alternating(["a", "b"], 3)) == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
+    assert list(alternating(["a", "b"], 0)) == []
