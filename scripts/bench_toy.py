@@ -9,7 +9,8 @@ the pipeline's annotate stage marks them (its settings come from recipes/toy/pip
 
 Writes the `toy` section of docs/benchmarks.md: a table with a row per build, the mean and spread over
 seeds, the accuracy along each run that ``scripts/bench_toy_curve.py`` recorded (if it made the build),
-and the acceptance checks of issue 17 computed from those figures.
+and the acceptance checks of issue 17 computed from those figures (the table and the checks live in
+``scripts/toy_checks.py``).
 
     python scripts/bench_toy.py [--seeds 0 1 2] [--steps-scale 0.9 1.1] [--out DIR] [--problems N]
         [--annotate N] [--set key=json ...] [--tiny] [--json PATH] [--no-write]
@@ -34,24 +35,18 @@ from pathlib import Path
 import yaml
 from bench_toy_curve import (
     by_difficulty,
-    curve_table,
     greedy_accuracy,
     greedy_correct,
     read_curve,
     train_problems,
 )
+from toy_checks import CLASSES, OUTSIDE_BOX, acceptance, render
 
 from cft_rl.outputs import settings_key
-from cft_rl.reports import markdown_table, write_section
+from cft_rl.reports import write_section
 from cft_rl.toy.build import MANIFEST, ToyBuildConfig, build_lengths, build_toy, load_toy
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "pipeline.yaml"
-CLASSES = ("digit", "operator", "format", "word")
-OUTSIDE_BOX = "format outside the box"
-# Issue 17's acceptance bounds.
-TRAIN_ACC_RANGE, MAX_SPREAD, MIN_PASS_GAIN, MIN_DISTINCT = (0.40, 0.75), 0.10, 0.15, 6.0
-MAX_CRITICAL, MAX_CRITICAL_WORD_FORMAT, MAX_STEPS_SHIFT = 0.20, 0.05, 0.05
-MIN_CRITICAL_DECIDING = 0.5  # "mostly critical"
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -246,172 +241,6 @@ def run_builds(args) -> list[dict]:
         }
         results.append(result)
     return results
-
-
-COLUMN_KINDS = ["pct"] * 6 + ["num"] * 3 + ["int"] + ["pct"] * (2 + len(CLASSES))
-
-
-def column_values(r: dict, k: int) -> list:
-    """The measured numbers of one build, in table column order (kinds: :data:`COLUMN_KINDS`)."""
-    difficulty = r.get("train_difficulty") or {}  # measurements cached before it was measured lack it
-    head = [r["train_greedy"], difficulty.get("easy"), difficulty.get("hard"), r["test_greedy"]]
-    head += [r["pass@1"], r[f"pass@{k}"], r["distinct_completions"]]
-    return (
-        head
-        + [r["distinct_answers"], r["entropy"], r["annotated"], r["critical"]["overall"]]
-        + [r["critical"].get(c) for c in (*CLASSES, OUTSIDE_BOX)]
-    )
-
-
-def _value(v, kind: str) -> str:
-    if v is None:
-        return "–"
-    if kind == "int":  # a count, or the mean of counts
-        return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
-    return f"{v:.1%}" if kind == "pct" else f"{v:.2f}"
-
-
-def _difference(v, kind: str, signed: bool) -> str:
-    """A spread or a change: fractions in percentage points."""
-    if v is None:
-        return "–"
-    sign = "+" if signed else ""
-    if kind == "pct":
-        return f"{100 * v:{sign}.1f} pt"
-    return f"{v:{sign}.1f}" if kind == "int" else f"{v:{sign}.2f}"
-
-
-def _differences(values: list, signed: bool) -> list[str]:
-    return [_difference(v, kind, signed) for v, kind in zip(values, COLUMN_KINDS, strict=True)]
-
-
-def _defined(values) -> list:
-    return [v for v in values if v is not None]
-
-
-def table(results: list[dict], k: int) -> str:
-    """A row per build, then the mean and spread over the seed builds and each steps build's change."""
-    header = ["build", "seed", "steps", "greedy (train)", "train: easy", "train: hard", "greedy (test)"]
-    header += ["pass@1", f"pass@{k}"]
-    header += [f"distinct/{k}", f"distinct answers/{k}", "entropy (nats)", "annotated solutions"]
-    header += ["critical", *(f"critical: {c}" for c in (*CLASSES, OUTSIDE_BOX))]
-    pairs = [(r, column_values(r, k)) for r in results]
-    rows = [[r["name"], r["seed"], r["steps"], *map(_value, v, COLUMN_KINDS)] for r, v in pairs]
-    seeds = [v for r, v in pairs if r["scale"] is None]
-    by_column = [_defined(column) for column in zip(*seeds, strict=True)]
-    means = [sum(d) / len(d) if d else None for d in by_column]
-    spreads = [max(d) - min(d) if d else None for d in by_column]
-    rows.append(["**mean over seeds**", "", "", *map(_value, means, COLUMN_KINDS)])
-    rows.append(["**spread (max−min) over seeds**", "", "", *_differences(spreads, signed=False)])
-    for r, v in pairs:
-        if r["scale"] is not None:
-            change = [None if a is None or b is None else a - b for a, b in zip(v, pairs[0][1], strict=True)]
-            label = f"**change: steps ×{r['scale']:g} vs {results[0]['name']}**"
-            rows.append([label, "", "", *_differences(change, signed=True)])
-    return markdown_table(header, rows)
-
-
-def _check(label: str, values: list, ok, show) -> dict:
-    """One acceptance check: every value measured and passing ``ok``; ``show`` states the figure."""
-    if not values or any(v is None for v in values):
-        return {"check": label, "pass": False, "measured": "not measured"}
-    return {"check": label, "pass": all(map(ok, values)), "measured": show(values)}
-
-
-def _lowest(values: list) -> str:
-    return f"lowest {min(values):.1%}"
-
-
-def _highest(values: list) -> str:
-    return f"highest {max(values):.1%}"
-
-
-def acceptance(results: list[dict], k: int) -> list[dict]:
-    """Issue 17's checks, from the measurements: the seed builds, and the steps builds against the first."""
-    seeds = [r for r in results if r["scale"] is None]
-    lo, hi = TRAIN_ACC_RANGE
-    train = [r["train_greedy"] for r in seeds]
-    gains = [r[f"pass@{k}"] - r["pass@1"] for r in seeds]
-    distinct, min_distinct = [r["distinct_completions"] for r in seeds], MIN_DISTINCT * k / 8
-    checks = [
-        _check(f"train greedy accuracy in [{lo:.0%}, {hi:.0%}], every seed", train,
-               lambda a: lo <= a <= hi, lambda v: f"{min(v):.1%} to {max(v):.1%}"),
-        _check(f"train greedy accuracy spread over seeds ≤ {100 * MAX_SPREAD:.0f} pt", [max(train) - min(train)],
-               lambda s: s <= MAX_SPREAD + 1e-9, lambda v: f"{100 * v[0]:.1f} pt over {len(seeds)} seeds"),
-        _check(f"pass@{k} ≥ pass@1 + {MIN_PASS_GAIN:.2f}, every seed", gains,
-               lambda g: g >= MIN_PASS_GAIN, lambda v: f"smallest gain {min(v):+.3f}"),
-        _check(f"distinct completions ≥ {min_distinct:g}/{k}, every seed", distinct,
-               lambda d: d >= min_distinct, lambda v: f"lowest {min(v):.2f}/{k}"),
-    ]  # fmt: skip
-    # Format tokens are judged outside the final \boxed{...}: its command and braces say which number is
-    # the answer, so replacing them always loses it (about 98% of them come out critical, by construction).
-    bounds = [
-        ("overall", "critical fraction", MAX_CRITICAL),
-        ("word", "critical fraction of word tokens", MAX_CRITICAL_WORD_FORMAT),
-        (OUTSIDE_BOX, "critical fraction of format tokens outside the box", MAX_CRITICAL_WORD_FORMAT),
-    ]
-    for cls, what, bound in bounds:
-        fractions = [r["critical"][cls] for r in seeds]
-        label = f"{what} ≤ {bound:.0%}, every seed"
-        checks.append(_check(label, fractions, lambda f, b=bound: f <= b, _highest))
-    for cls in ("digit", "operator"):  # the tokens that decide the answer must mostly be critical
-        fractions = [r["critical"][cls] for r in seeds]
-        label = f"critical fraction of {cls} tokens > {MIN_CRITICAL_DECIDING:.0%}, every seed"
-        checks.append(_check(label, fractions, lambda f: f > MIN_CRITICAL_DECIDING, _lowest))
-    shifts = [r["train_greedy"] - results[0]["train_greedy"] for r in results if r["scale"] is not None]
-    label = (
-        f"steps builds: train greedy accuracy within {100 * MAX_STEPS_SHIFT:.0f} pt of {results[0]['name']}"
-    )
-    show = lambda v: ", ".join(f"{100 * s:+.1f} pt" for s in v)  # noqa: E731
-    checks.append(_check(label, shifts, lambda s: abs(s) <= MAX_STEPS_SHIFT + 1e-9, show))
-    return checks
-
-
-def render(results: list[dict], checks: list[dict], args) -> str:
-    k, first = args.samples, results[0]
-    settings = first["annotation"]["settings"]
-    problems = first["problems"]
-    times = ", ".join(f"{r['name']} {r['build_seconds']:.0f} s" for r in results)
-    settings_note = f" ({', '.join(args.set)} on the default preset)" if args.set else ""
-    one_run = (
-        " Under this constant learning rate each seed's builds of every length were saved by one run as it "
-        "passed that length (`cft_rl.toy.build.build_lengths`; the same weights as separate builds, checked "
-        "bit for bit by tests/test_toy_schedule.py), so a build time is the time that run took to get there."
-        if first["lr_schedule"] == "constant"
-        else ""
-    )
-    intro = (
-        f"## Toy world base model over build seeds{settings_note}\n\n"
-        f"Greedy accuracy on the first {problems['train']} train problems (the prompts the annotator and "
-        f"GRPO use; 'train: easy' and 'train: hard' split them by whether a problem ends with the "
-        "multiplication that pretraining mostly leaves out, `ToyTaskConfig.hard_prob`) and the first "
-        f"{problems['test']} held-out test problems; pass@1, pass@{k}, distinct "
-        f"completions and distinct answers of {k} samples, and mean token entropy, at T=1 on those test "
-        f"problems; budget {args.max_new_tokens} tokens. The critical fractions are those of the model's "
-        f"own correct greedy solutions of the first {settings['limit']} train problems, annotated as the "
-        f"pipeline does (recipes/toy/pipeline.yaml: k={settings.get('num_alternatives')}, "
-        f"continuations of {settings.get('max_continuation_tokens')} tokens, fast engine; the annotator "
-        "writes its solutions without padding, in a branch pool, so its count of solved problems need not "
-        "match the padded batched greedy accuracy exactly), by token class (`cft_rl.token_classes.token_class`); the column 'format outside the box' leaves out the final "
-        "`\\boxed{...}`, whose command and braces decide which number is the answer. Mean and spread are over "
-        f"the seed builds; the steps builds rerun {first['name']} with scaled pretraining steps.{one_run}\n\n"
-    )
-    check_rows = [[c["check"], c["measured"], "yes" if c["pass"] else "**no**"] for c in checks]
-    curves = curve_table(results)
-    if curves:
-        curves = (
-            "\n\nGreedy accuracy along the pretraining run, on the first train problems, easy and hard apart "
-            "(recorded by `scripts/bench_toy_curve.py` while the build was made; under a cosine schedule a "
-            "point along a run is not a shorter build, whose learning rate would have decayed):\n\n" + curves
-        )
-    return (
-        intro
-        + table(results, k)
-        + f"\n\n{first['parameters'] / 1e6:.2f} M parameters. Build time (from scratch): {times}."
-        + curves
-        + "\n\nAcceptance (issue 17):\n\n"
-        + markdown_table(["check", "measured", "pass"], check_rows)
-    )
 
 
 def main() -> int:
