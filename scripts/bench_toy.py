@@ -1,10 +1,10 @@
 """The toy world's base model over build seeds: is it in the paper's regime, and robustly so?
 
-Builds the toy once per ``--seeds`` seed (and seed ``--seeds[0]`` again with its pretraining steps
-scaled by each ``--steps-scale``, to show the build is away from an accuracy cliff), then measures each
-build: greedy accuracy on the train split (the prompts the annotator and GRPO use), on its easy and
-its hard problems apart, and on the held-out test split; pass@1, pass@k, distinct completions and answers of k samples, and token entropy at T=1 on
-test; and the critical fraction, by token class, of the model's own correct greedy train solutions, as
+Builds the toy once per ``--seeds`` seed (and each ``--steps-seeds`` seed, by default the first, again
+with its pretraining steps scaled by each ``--steps-scale``, to show the build is away from an accuracy
+cliff), then measures each build: greedy accuracy on the train split (the prompts the annotator and
+GRPO use), on its easy and its hard problems apart, and on the held-out test split; pass@1, pass@k,
+distinct completions and answers of k samples, and token entropy at T=1 on test; and the critical fraction, by token class, of the model's own correct greedy train solutions, as
 the pipeline's annotate stage marks them (its settings come from recipes/toy/pipeline.yaml).
 
 Writes the `toy` section of docs/benchmarks.md: a table with a row per build, the mean and spread over
@@ -12,8 +12,8 @@ seeds, the accuracy along each run that ``scripts/bench_toy_curve.py`` recorded 
 and the acceptance checks of issue 17 computed from those figures (the table and the checks live in
 ``scripts/toy_checks.py``).
 
-    python scripts/bench_toy.py [--seeds 0 1 2] [--steps-scale 0.9 1.1] [--out DIR] [--problems N]
-        [--annotate N] [--set key=json ...] [--tiny] [--json PATH] [--no-write]
+    python scripts/bench_toy.py [--seeds 0 1 2] [--steps-scale 0.9 1.1] [--steps-seeds 0 1 2] [--out DIR]
+        [--problems N] [--annotate N] [--set key=json ...] [--tiny] [--json PATH] [--no-write]
 
 Builds go in ``DIR/seed{s}`` and ``DIR/seed{s}-steps{n}``, annotations in ``DIR/annotations`` and the
 other measurements in ``DIR/measurements``; all are reused when their settings match, so a rerun with
@@ -79,13 +79,17 @@ def plan_builds(args) -> list[dict]:
     for seed in args.seeds:
         config = ToyBuildConfig.from_dict({**base, **overrides, "seed": seed})
         builds.append({"name": f"seed{seed}", "seed": seed, "scale": None, "config": config})
-    first = builds[0]["config"]
-    for scale in args.steps_scale:
-        steps = round(first.steps * scale)
-        config = dataclasses.replace(first, steps=steps)
-        builds.append(
-            {"name": f"seed{first.seed}-steps{steps}", "seed": first.seed, "scale": scale, "config": config}
-        )
+    # One seed's steps builds can differ from it by build noise alone (seeds spread by up to 10 pt), so
+    # the steps builds of several seeds tell a slope in the steps from that noise.
+    steps_seeds = args.steps_seeds or args.seeds[:1]
+    if not set(steps_seeds) <= set(args.seeds):
+        raise SystemExit(f"--steps-seeds {steps_seeds} must be among --seeds {args.seeds}")
+    for seed in steps_seeds:
+        own = next(b["config"] for b in builds if b["seed"] == seed)
+        for scale in args.steps_scale:
+            config = dataclasses.replace(own, steps=round(own.steps * scale))
+            name = f"seed{seed}-steps{config.steps}"
+            builds.append({"name": name, "seed": seed, "scale": scale, "config": config})
     return builds
 
 
@@ -248,7 +252,14 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="build seeds")
     # The steps builds show the seed build is away from an accuracy cliff; `--steps-scale` alone: none.
     parser.add_argument(
-        "--steps-scale", type=float, nargs="*", default=[0.9, 1.1], help="steps builds of the first seed"
+        "--steps-scale", type=float, nargs="*", default=[0.9, 1.1], help="steps builds, as step multiples"
+    )
+    parser.add_argument(
+        "--steps-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="seeds with steps builds (default: the first)",
     )
     parser.add_argument(
         "--out", default="outputs/bench_toy", help="folder of the builds (reused when present)"

@@ -17,7 +17,7 @@ def bench(load_script):
 def _build(name, train, scale=None, **critical):
     fractions = {"overall": 0.15, "digit": 0.7, "operator": 0.65, "format": 0.2, "word": 0.02}
     fractions |= {"format outside the box": 0.03, **critical}
-    return {"name": name, "scale": scale, "train_greedy": train, "pass@1": 0.4, "pass@8": 0.7,
+    return {"name": name, "seed": int(name[4]), "scale": scale, "train_greedy": train, "pass@1": 0.4, "pass@8": 0.7,
             "distinct_completions": 8.0, "critical": fractions}  # fmt: skip
 
 
@@ -53,10 +53,46 @@ def test_an_unmeasured_class_fails_its_check(bench):
     assert _failed(no_steps_builds) == ["steps builds: train greedy accuracy within 5 pt of seed0"]
 
 
+def _seeded(name, train, scale=None):
+    return {**_build(name, train, scale), "steps": 4000}
+
+
+def test_steps_builds_of_several_seeds_each_compare_with_their_own_seed(bench, load_script):
+    seeds = [_seeded("seed0", 0.50), _seeded("seed1", 0.60), _seeded("seed2", 0.55)]
+    # seed1 x1.1 sits 3 pt from seed1 but 13 pt from seed0: judged against seed1, it passes.
+    steps = [_seeded("seed0-steps4400", 0.53, 1.1), _seeded("seed1-steps4400", 0.63, 1.1)]
+    check = bench.acceptance([*seeds, *steps], 8)[-1]
+    assert check["pass"] and check["check"].endswith("of its seed's build (seed0, seed1)")
+    assert check["measured"] == "seed0-steps4400 +3.0 pt, seed1-steps4400 +3.0 pt"
+    # 7 pt from its own seed fails, though it sits within 5 pt of seed0.
+    drift = bench.acceptance([*seeds, steps[0], _seeded("seed1-steps4400", 0.53, 1.1)], 8)[-1]
+    assert not drift["pass"] and drift["measured"].endswith("seed1-steps4400 -7.0 pt")
+    rows = load_script("toy_checks").table(
+        [
+            {**b, "test_greedy": 0.5, "distinct_answers": 3.0, "entropy": 0.2, "annotated": 70}
+            for b in [*seeds, *steps]
+        ],
+        8,
+    )
+    mean_row = next(line for line in rows.splitlines() if "mean change" in line)
+    assert "steps ×1.1, over 2 seeds" in mean_row and "| +3.0 pt |" in mean_row
+
+
+def test_steps_builds_are_planned_for_the_steps_seeds_only(bench):
+    args = argparse.Namespace(tiny=True, set=[], seeds=[0, 1, 2], steps_scale=[0.5], steps_seeds=[1, 2])
+    planned = [(b["name"], b["scale"]) for b in bench.plan_builds(args)]
+    steps = bench.plan_builds(args)[-1]["config"].steps
+    assert planned[3:] == [(f"seed1-steps{steps}", 0.5), (f"seed2-steps{steps}", 0.5)]
+    with pytest.raises(SystemExit, match="must be among --seeds"):
+        bench.plan_builds(argparse.Namespace(**{**vars(args), "steps_seeds": [3]}))
+
+
 def test_constant_schedule_steps_builds_come_from_one_run(bench, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "build_lengths", lambda folders, shape: calls.append((dict(folders), shape)))
-    args = argparse.Namespace(tiny=True, set=['lr_schedule="constant"'], seeds=[0, 1], steps_scale=[0.5, 2.0])
+    args = argparse.Namespace(
+        tiny=True, set=['lr_schedule="constant"'], seeds=[0, 1], steps_scale=[0.5, 2.0], steps_seeds=None
+    )
     specs = bench.plan_builds(args)
     bench.build_constant_lengths(specs, tmp_path)
     assert [sorted(folders) for folders, _ in calls] == [[15, 30, 60], [30]]  # seed 0's lengths, then seed 1
