@@ -238,6 +238,28 @@ def _mean_se(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} (+-{statistics.stdev(values) / len(values) ** 0.5:.3f})"
 
 
+def _probe_table(runs: dict[str, list[dict]]) -> str:
+    """The fixed probe at each probed step of the recipe's run, with the lr-0 control's beside it."""
+    from cft_rl.reports import markdown_table
+
+    probes = {label: {e["step"]: e for e in h if "probe/pass@1" in e} for label, h in runs.items()}
+    columns = ["probe/pass@1", "probe/pass@4", "probe/maj@4", "probe/entropy", "probe/distinct_answers"]
+    probe_rows = []
+    for step, e in probes["GRPO (recipe)"].items():
+        c = probes["control (lr 0)"].get(step, {})
+        probe_rows.append(
+            [
+                step,
+                *(f"{e[n]:.3f}" for n in columns),
+                *(f"{c[n]:.3f}" if n in c else "-" for n in columns[::3]),
+            ]
+        )
+    return markdown_table(
+        ["step", *(f"`{n}`" for n in columns), "control `probe/pass@1`", "control `probe/entropy`"],
+        probe_rows,
+    )
+
+
 def bench_learn(args) -> str:
     """The recipe, then the same recipe at learning rate 0: the same seed draws the same prompts, so
     the control says how much of a first-vs-last difference the prompt draw alone makes."""
@@ -279,22 +301,7 @@ def bench_learn(args) -> str:
             for n in names
         ],
     )
-    probes = {label: {e["step"]: e for e in h if "probe/pass@1" in e} for label, h in runs.items()}
-    columns = ["probe/pass@1", "probe/pass@4", "probe/maj@4", "probe/entropy", "probe/distinct_answers"]
-    probe_rows = []
-    for step, e in probes["GRPO (recipe)"].items():
-        c = probes["control (lr 0)"].get(step, {})
-        probe_rows.append(
-            [
-                step,
-                *(f"{e[n]:.3f}" for n in columns),
-                *(f"{c[n]:.3f}" if n in c else "-" for n in columns[::3]),
-            ]
-        )
-    probe_table = markdown_table(
-        ["step", *(f"`{n}`" for n in columns), "control `probe/pass@1`", "control `probe/entropy`"],
-        probe_rows,
-    )
+    probe_table = _probe_table(runs)
     return (
         "## GRPO on the toy: does RL learn?\n\n"
         f"Recipe `recipes/toy/grpo/toy.yaml` {args.recipe_args} from the toy warm-start `{args.toy}`, "
