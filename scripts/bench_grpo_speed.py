@@ -159,6 +159,31 @@ def same_share(batch: list[list[int]], reference: list[list[int]]) -> float:
     return sum(a == b for a, b in zip(batch, reference, strict=True)) / len(reference)
 
 
+def _variant_row(name: str, runs: dict[str, list[dict]], warmup: int) -> list[str]:
+    """One variant's table row: medians over rounds, each ratio against the baseline of its own round."""
+
+    def steady(run: dict) -> float:
+        return statistics.mean(run["steps"][warmup:])
+
+    own, baseline = runs[name], runs["baseline"]
+    step_ratios = [steady(base) / steady(run) for run, base in zip(own, baseline, strict=True)]
+    gen_ratios = [
+        base["generate_per_step"] / run["generate_per_step"] for run, base in zip(own, baseline, strict=True)
+    ]
+    same = [same_share(r["first_batch"], b["first_batch"]) for r, b in zip(own, baseline, strict=True)]
+    return [
+        f"`{name}`",
+        f"{statistics.median(steady(r) for r in own):.2f}",
+        f"{statistics.median(step_ratios):.2f}x ({min(step_ratios):.2f}-{max(step_ratios):.2f})",
+        f"{statistics.median(r['generate_per_step'] for r in own):.2f}",
+        f"{statistics.median(gen_ratios):.2f}x",
+        f"{statistics.median(sum(r['steps'][:warmup]) for r in own):.1f}",
+        "-" if any(map(math.isnan, same)) else f"{statistics.mean(same):.0%}",
+        f"{statistics.mean(r['mean_length'] for r in own):.1f}",
+        f"{statistics.mean(r['reward'] for r in own):.3f}",
+    ]
+
+
 def bench(args) -> str:
     from cft_rl.reports import alternating, markdown_table
 
@@ -176,32 +201,7 @@ def bench(args) -> str:
         steady = run["steps"][args.warmup :]
         print(f"round {round_index} {name}: {statistics.mean(steady):.2f} s/step", flush=True)
 
-    def steady(run: dict) -> float:
-        return statistics.mean(run["steps"][args.warmup :])
-
-    rows = []
-    for name in names:
-        step_ratios, gen_ratios = [], []
-        for run, base in zip(runs[name], runs["baseline"], strict=True):
-            step_ratios.append(steady(base) / steady(run))
-            gen_ratios.append(base["generate_per_step"] / run["generate_per_step"])
-        same = [
-            same_share(r["first_batch"], b["first_batch"])
-            for r, b in zip(runs[name], runs["baseline"], strict=True)
-        ]
-        rows.append(
-            [
-                f"`{name}`",
-                f"{statistics.median(steady(r) for r in runs[name]):.2f}",
-                f"{statistics.median(step_ratios):.2f}x ({min(step_ratios):.2f}-{max(step_ratios):.2f})",
-                f"{statistics.median(r['generate_per_step'] for r in runs[name]):.2f}",
-                f"{statistics.median(gen_ratios):.2f}x",
-                f"{statistics.median(sum(r['steps'][: args.warmup]) for r in runs[name]):.1f}",
-                "-" if any(map(math.isnan, same)) else f"{statistics.mean(same):.0%}",
-                f"{statistics.mean(r['mean_length'] for r in runs[name]):.1f}",
-                f"{statistics.mean(r['reward'] for r in runs[name]):.3f}",
-            ]
-        )
+    rows = [_variant_row(name, runs, args.warmup) for name in names]
     table = markdown_table(
         [
             "variant",
