@@ -4,8 +4,9 @@ Builds the toy once per ``--seeds`` seed (and each ``--steps-seeds`` seed, by de
 with its pretraining steps scaled by each ``--steps-scale``, to show the build is away from an accuracy
 cliff), then measures each build: greedy accuracy on the train split (the prompts the annotator and
 GRPO use), on its easy and its hard problems apart, and on the held-out test split; pass@1, pass@k,
-distinct completions and answers of k samples, and token entropy at T=1 on test; and the critical fraction, by token class, of the model's own correct greedy train solutions, as
-the pipeline's annotate stage marks them (its settings come from recipes/toy/pipeline.yaml).
+distinct completions and answers of k samples, and token entropy at T=1 on test; and the critical
+fraction, by token class, of the model's own correct greedy train solutions, as the pipeline's annotate
+stage marks them (its settings come from recipes/toy/pipeline.yaml).
 
 Writes the `toy` section of docs/benchmarks.md: a table with a row per build, the mean and spread over
 seeds, the accuracy along each run that ``scripts/bench_toy_curve.py`` recorded (if it made the build),
