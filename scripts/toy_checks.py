@@ -58,6 +58,12 @@ def _defined(values) -> list:
     return [v for v in values if v is not None]
 
 
+def _column_means(rows: list[list]) -> list:
+    """Each column's mean over the rows, leaving out the unmeasured (None where none was measured)."""
+    by_column = [_defined(column) for column in zip(*rows, strict=True)]
+    return [sum(d) / len(d) if d else None for d in by_column]
+
+
 def table(results: list[dict], k: int) -> str:
     """A row per build, then the mean and spread over the seed builds and each steps build's change."""
     header = ["build", "seed", "steps", "greedy (train)", "train: easy", "train: hard", "greedy (test)"]
@@ -68,9 +74,8 @@ def table(results: list[dict], k: int) -> str:
     rows = [[r["name"], r["seed"], r["steps"], *map(_value, v, COLUMN_KINDS)] for r, v in pairs]
     seeds = [v for r, v in pairs if r["scale"] is None]
     by_column = [_defined(column) for column in zip(*seeds, strict=True)]
-    means = [sum(d) / len(d) if d else None for d in by_column]
     spreads = [max(d) - min(d) if d else None for d in by_column]
-    rows.append(["**mean over seeds**", "", "", *map(_value, means, COLUMN_KINDS)])
+    rows.append(["**mean over seeds**", "", "", *map(_value, _column_means(seeds), COLUMN_KINDS)])
     rows.append(["**spread (max−min) over seeds**", "", "", *_differences(spreads, signed=False)])
     own = {r["seed"]: (r, v) for r, v in pairs if r["scale"] is None}
     changes: dict[float, list[list]] = {}
@@ -83,10 +88,8 @@ def table(results: list[dict], k: int) -> str:
             rows.append([label, "", "", *_differences(change, signed=True)])
     for scale, of_seeds in changes.items():
         if len(of_seeds) > 1:  # the slope in the steps, with the build noise of one seed averaged out
-            by_column = [_defined(column) for column in zip(*of_seeds, strict=True)]
-            mean = [sum(d) / len(d) if d else None for d in by_column]
             label = f"**mean change: steps ×{scale:g}, over {len(of_seeds)} seeds**"
-            rows.append([label, "", "", *_differences(mean, signed=True)])
+            rows.append([label, "", "", *_differences(_column_means(of_seeds), signed=True)])
     return markdown_table(header, rows)
 
 
