@@ -159,21 +159,24 @@ def same_share(batch: list[list[int]], reference: list[list[int]]) -> float:
     return sum(a == b for a, b in zip(batch, reference, strict=True)) / len(reference)
 
 
+def steady(run: dict, warmup: int) -> float:
+    """A run's mean step time after its ``warmup`` steps."""
+    return statistics.mean(run["steps"][warmup:])
+
+
 def _variant_row(name: str, runs: dict[str, list[dict]], warmup: int) -> list[str]:
     """One variant's table row: medians over rounds, each ratio against the baseline of its own round."""
-
-    def steady(run: dict) -> float:
-        return statistics.mean(run["steps"][warmup:])
-
     own, baseline = runs[name], runs["baseline"]
-    step_ratios = [steady(base) / steady(run) for run, base in zip(own, baseline, strict=True)]
+    step_ratios = [
+        steady(base, warmup) / steady(run, warmup) for run, base in zip(own, baseline, strict=True)
+    ]
     gen_ratios = [
         base["generate_per_step"] / run["generate_per_step"] for run, base in zip(own, baseline, strict=True)
     ]
     same = [same_share(r["first_batch"], b["first_batch"]) for r, b in zip(own, baseline, strict=True)]
     return [
         f"`{name}`",
-        f"{statistics.median(steady(r) for r in own):.2f}",
+        f"{statistics.median(steady(r, warmup) for r in own):.2f}",
         f"{statistics.median(step_ratios):.2f}x ({min(step_ratios):.2f}-{max(step_ratios):.2f})",
         f"{statistics.median(r['generate_per_step'] for r in own):.2f}",
         f"{statistics.median(gen_ratios):.2f}x",
@@ -198,8 +201,7 @@ def bench(args) -> str:
     for round_index, name in alternating(names, args.rounds):
         run = run_variant(name, Path(args.toy), fields, round_index, args.steps, Path(args.work))
         runs[name].append(run)
-        steady = run["steps"][args.warmup :]
-        print(f"round {round_index} {name}: {statistics.mean(steady):.2f} s/step", flush=True)
+        print(f"round {round_index} {name}: {steady(run, args.warmup):.2f} s/step", flush=True)
 
     rows = [_variant_row(name, runs, args.warmup) for name in names]
     table = markdown_table(
