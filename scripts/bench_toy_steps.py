@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def main() -> int:
             rows.append(paired_change(ref, found, args.bound))
             print(render(rows[-1:], args.bound).splitlines()[2], flush=True)
     body = render(rows, args.bound)
-    command = "python scripts/bench_toy_steps.py " + " ".join(sys.argv[1:])
+    command = "python scripts/bench_toy_steps.py " + shlex.join(sys.argv[1:])
     text = (
         "## Toy base model: accuracy against pretraining steps, on many problems"
         f"{f' ({args.title})' if args.title else ''}\n\n"
