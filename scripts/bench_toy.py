@@ -34,13 +34,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from bench_toy_curve import (
-    by_difficulty,
-    greedy_accuracy,
-    greedy_correct,
-    read_curve,
-    train_problems,
-)
+from bench_toy_curve import by_difficulty, greedy_accuracy, read_curve, train_greedy
 from toy_checks import CLASSES, OUTSIDE_BOX, acceptance, render
 
 from cft_rl.outputs import settings_key
@@ -118,19 +112,14 @@ def measure(folder: Path, args) -> dict:
     from cft_rl.generation import generate
 
     model, tokenizer, data = load_toy(folder)
-    split = {
-        name: data[name].select(range(min(args.problems, len(data[name])))) for name in ("train", "test")
-    }
+    test = data["test"].select(range(min(args.problems, len(data["test"]))))
     out = {}
     config = ToyBuildConfig.from_dict(json.loads((folder / MANIFEST).read_text())["config"])
-    hard = [problem.hard for problem in train_problems(config, len(split["train"]))]
     with cpu_float_math():
-        train = split["train"]
-        correct = greedy_correct(model, tokenizer, train["prompt"], train["answer"], args.max_new_tokens)
-        out["train_difficulty"] = by_difficulty(correct, hard)
+        train = train_greedy(model, tokenizer, data, config, args.problems, args.max_new_tokens)
+        out["train_difficulty"] = by_difficulty(train["correct"], train["hard"])
         out["train_greedy"] = out["train_difficulty"]["all"]
-        out["test_greedy"] = greedy_accuracy(model, tokenizer, split["test"], args.max_new_tokens)
-        test = split["test"]
+        out["test_greedy"] = greedy_accuracy(model, tokenizer, test, args.max_new_tokens)
         groups = generate(
             model, tokenizer, test["prompt"], n=args.samples, temperature=1.0,
             max_new_tokens=args.max_new_tokens, batch_size=8,
@@ -140,7 +129,7 @@ def measure(folder: Path, args) -> dict:
         key: metrics.get(key) for key in ("pass@1", f"pass@{args.samples}", "distinct_answers", "entropy")
     }
     out["distinct_completions"] = sum(len({s.text for s in g}) for g in groups) / max(1, len(groups))
-    out["problems"] = {"train": len(split["train"]), "test": len(test)}
+    out["problems"] = {"train": len(train["correct"]), "test": len(test)}
     return out
 
 

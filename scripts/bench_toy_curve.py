@@ -64,6 +64,18 @@ def train_problems(config, n: int) -> list:
     return world_problems(config)["train"][:n]
 
 
+def train_greedy(model, tokenizer, data, config, n: int, max_new_tokens: int) -> dict:
+    """Greedy correctness of a build's model on the first ``n`` rows of its train split, with each
+    row's prompt and whether its problem is hard (``data`` and ``config``: the build's, from
+    :func:`~cft_rl.toy.build.load_toy` and its manifest)."""
+    train = data["train"].select(range(min(n, len(data["train"]))))
+    return {
+        "prompts": list(train["prompt"]),
+        "hard": [p.hard for p in train_problems(config, len(train))],
+        "correct": greedy_correct(model, tokenizer, train["prompt"], train["answer"], max_new_tokens),
+    }
+
+
 def curve_path(folder: Path) -> Path:
     return folder.with_name(folder.name + CURVE)
 

@@ -26,7 +26,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench_toy_curve import by_difficulty, greedy_correct, train_problems
+from bench_toy_curve import by_difficulty, train_greedy
 
 from cft_rl.compare.effects import mean_interval
 from cft_rl.outputs import settings_key
@@ -47,21 +47,13 @@ def measure(folder: Path, problems: int, max_new_tokens: int) -> dict:
     from cft_rl.cpu import cpu_float_math
 
     model, tokenizer, data = load_toy(folder)
-    train = data["train"].select(range(min(problems, len(data["train"]))))
     config = ToyBuildConfig.from_dict(manifest["config"])
     # One thread: builds are measured beside other jobs (a second thread on a busy core spins), and
     # greedy decoding came out the same, problem for problem, on one thread and on two (the default
     # build, 2,000 problems, 2026-12-07).
     with cpu_float_math(1):
-        correct = greedy_correct(model, tokenizer, train["prompt"], train["answer"], max_new_tokens)
-    found = {
-        "build": folder.name,
-        "key": manifest["key"],
-        "steps": config.steps,
-        "prompts": list(train["prompt"]),
-        "hard": [p.hard for p in train_problems(config, len(train))],
-        "correct": correct,
-    }
+        train = train_greedy(model, tokenizer, data, config, problems, max_new_tokens)
+    found = {"build": folder.name, "key": manifest["key"], "steps": config.steps, **train}
     path.write_text(json.dumps(found) + "\n")
     return found
 
