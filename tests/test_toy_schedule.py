@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from cft_rl.toy import build as toy_module
+from cft_rl.toy import pretrain as pretrain_module
 from cft_rl.toy.build import ToyBuildConfig, build_lengths, build_toy, is_built
-from cft_rl.toy.pretrain import learning_rate, make_model
+from cft_rl.toy.pretrain import checkpoint_path, learning_rate, make_model
 from cft_rl.toy.task import ToyTaskConfig
 
 
@@ -132,3 +133,68 @@ def test_world_problems_are_the_saved_splits(tmp_path):
     assert [str(p.answer) for p in problems["train"]] == data["train"]["answer"]
     assert [p.question for p in problems["test"]] == data["test"]["question"]
     assert any(p.hard for p in problems["train"]) and not all(p.hard for p in problems["train"])
+
+
+def _kill_after_checkpoint(monkeypatch, at_step: int):
+    """Checkpoints every 3 steps; the run dies right after writing the one of ``at_step``."""
+    monkeypatch.setattr(pretrain_module, "CHECKPOINT_EVERY", 3)
+    save = pretrain_module._save_checkpoint
+
+    def save_then_die(path, step, *args):
+        save(path, step, *args)
+        if step == at_step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_module, "_save_checkpoint", save_then_die)
+    return save
+
+
+def _steps_trained(monkeypatch) -> list[int]:
+    steps, rate = [], pretrain_module.learning_rate
+    monkeypatch.setattr(pretrain_module, "learning_rate", lambda c, s: steps.append(s) or rate(c, s))
+    return steps
+
+
+def test_a_killed_build_resumes_where_it_stopped_and_saves_the_same_weights(tmp_path, monkeypatch):
+    config = ToyBuildConfig.tiny(steps=10, ema_decay=0.5)  # cosine: each step's rate depends on the plan
+    straight = build_toy(tmp_path / "straight", config, progress=False)
+    save = _kill_after_checkpoint(monkeypatch, at_step=6)
+    with pytest.raises(KeyboardInterrupt):
+        build_toy(tmp_path / "b", config, progress=False)
+    checkpoint = checkpoint_path(tmp_path / "b", config)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 6
+    monkeypatch.setattr(pretrain_module, "_save_checkpoint", save)
+    steps = _steps_trained(monkeypatch)
+    build_toy(tmp_path / "b", config, progress=False)
+    assert steps == [6, 7, 8, 9], "the rerun did not pick up from the checkpoint"
+    assert _same(_weights(tmp_path / "b"), _weights(straight))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "straight"]  # checkpoint and debris gone
+
+
+def test_a_killed_sweep_resumes_and_keeps_the_lengths_it_saved(tmp_path, monkeypatch):
+    config = ToyBuildConfig.tiny(steps=1, lr_schedule="constant", ema_decay=0.5)
+    folders = {4: tmp_path / "s4", 8: tmp_path / "s8"}
+    save = _kill_after_checkpoint(monkeypatch, at_step=6)
+    with pytest.raises(KeyboardInterrupt):
+        build_lengths(folders, config, progress=False)
+    assert is_built(folders[4], dataclasses.replace(config, steps=4)) and not folders[8].exists()
+    monkeypatch.setattr(pretrain_module, "_save_checkpoint", save)
+    steps = _steps_trained(monkeypatch)
+    build_lengths(folders, config, progress=False)
+    assert steps == [6, 7]
+    alone = build_toy(tmp_path / "alone", dataclasses.replace(config, steps=8), progress=False)
+    assert _same(_weights(folders[8]), _weights(alone))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone", "s4", "s8"]
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path):
+    config = ToyBuildConfig.tiny(steps=10)
+    other = dataclasses.replace(config, steps=12)
+    tokenizer, _ = toy_module.prepare_world(tmp_path / "world", config)
+    model = make_model(other, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters())
+    pretrain_module._save_checkpoint(
+        checkpoint_path(tmp_path / "b", config), 3, model, optimizer, None, other
+    )
+    with pytest.raises(ValueError, match=f"checkpoint of build {other.key()}.*delete it"):
+        build_toy(tmp_path / "b", config, progress=False)

@@ -30,7 +30,7 @@ import datasets
 from cft_rl.cpu import cpu_float_math
 from cft_rl.data.datasets import FEATURES
 from cft_rl.toy.corpus import pretraining_corpus, pretraining_problems
-from cft_rl.toy.pretrain import make_model, pretrain_loop
+from cft_rl.toy.pretrain import checkpoint_path, make_model, pretrain_loop
 from cft_rl.toy.task import ToyTaskConfig, generate_splits, to_records
 from cft_rl.toy.tokenizer import load_tokenizer, train_tokenizer
 
@@ -240,9 +240,16 @@ def build_toy(
     tmp.mkdir(parents=True)
     start = time.perf_counter()
     tokenizer, corpus = prepare_world(tmp, config)
-    model = _pretrain(make_model(config, tokenizer), tokenizer, corpus, config, progress, at_steps)
+    # A watched run (``at_steps``) keeps what it measures in memory, so it would lose the steps before
+    # a resume: only unwatched builds keep a checkpoint.
+    checkpoint = None if at_steps else checkpoint_path(out, config)
+    model = make_model(config, tokenizer)
+    model = _pretrain(model, tokenizer, corpus, config, progress, at_steps, checkpoint)
     save_model(tmp, model, tokenizer, config, time.perf_counter() - start)
-    return _replace(tmp, out)
+    _replace(tmp, out)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    return out
 
 
 def world_problems(config: ToyBuildConfig) -> dict:
@@ -313,8 +320,10 @@ def build_lengths(folders: dict[int, str | Path], config: ToyBuildConfig, progre
         return save
 
     at_steps = {steps: saver(steps, out) for steps, out in todo.items()}
-    _pretrain(make_model(longest, tokenizer), tokenizer, corpus, longest, progress, at_steps)
+    checkpoint = checkpoint_path(todo[max(todo)], longest)
+    _pretrain(make_model(longest, tokenizer), tokenizer, corpus, longest, progress, at_steps, checkpoint)
     shutil.rmtree(world)
+    checkpoint.unlink(missing_ok=True)
 
 
 def _replace(tmp: Path, out: Path) -> Path:
@@ -338,9 +347,10 @@ def _save_datasets(path: Path, splits: dict, config: ToyBuildConfig) -> None:
     dd.save_to_disk(str(path))
 
 
-def _pretrain(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool, at_steps=None):
+def _pretrain(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool, at_steps=None,
+              checkpoint=None):  # fmt: skip
     with cpu_float_math(config.threads):
-        return pretrain_loop(model, tokenizer, corpus, config, progress, at_steps)
+        return pretrain_loop(model, tokenizer, corpus, config, progress, at_steps, checkpoint)
 
 
 def load_toy(path: str | Path):

@@ -3,12 +3,21 @@
 A plain PyTorch loop, not a TRL trainer: this is the "base model" that exists before our method starts,
 and a lean loop keeps a from-scratch build to about 22 minutes on one CPU thread. The build
 (:mod:`cft_rl.toy.build`) decides what it trains on and where the result goes.
+
+Longer builds (a sweep's 5,000-step runs take over an hour) keep a checkpoint: every
+``CHECKPOINT_EVERY`` steps the trained weights, the optimizer, the weight average and the step go to one
+file, written atomically, and a rerun picks up from it. The data order is not saved but replayed: the
+batch stream is a pure function of the settings, so drawing the first ``step`` batches again puts it
+where it was. A resumed build saves exactly the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,6 +27,10 @@ from cft_rl.toy.corpus import batches_of
 
 if TYPE_CHECKING:
     from cft_rl.toy.build import ToyBuildConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY = 100  # steps; a checkpoint of the default model is a few MB and takes milliseconds
 
 
 def make_model(config: ToyBuildConfig, tokenizer):
@@ -53,11 +66,17 @@ def learning_rate(config: ToyBuildConfig, step: int) -> float:
     return config.learning_rate * warm * cosine
 
 
-def pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: bool, at_steps=None):
+def pretrain_loop(
+    model, tokenizer, corpus, config: ToyBuildConfig, progress: bool, at_steps=None, checkpoint=None
+):
     """Train ``config.steps`` steps. ``at_steps`` maps a step count to a function of the model and its
     tokenizer, called once that many steps are done, with the weights a build of that many steps would
     save (the average, under ``ema_decay``): how a sweep measures several lengths of a ``"constant"`` run
-    in one, or watches accuracy along a run. The functions must leave the weights alone."""
+    in one, or watches accuracy along a run. The functions must leave the weights alone.
+
+    ``checkpoint`` (a file path) makes the run resumable: it is written every ``CHECKPOINT_EVERY`` steps
+    and, if it holds this config's run, the loop starts from it (``at_steps`` entries it has passed are
+    not called again). The caller removes it once the build is saved."""
     at_steps = at_steps or {}
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
@@ -66,9 +85,13 @@ def pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: bo
     params = list(model.parameters())
     trained = [p.detach() for p in params]  # views: the optimizer updates them in place
     average = [w.clone() for w in trained] if config.ema_decay > 0 else None
+    start = _resume(checkpoint, model, optimizer, average, config)
     model.train()
     batches = batches_of(tokenizer, corpus, config)
-    bar = tqdm(range(config.steps), desc="pretrain toy model", disable=not progress)
+    for _ in range(start):  # replay the data order up to where the checkpoint left off
+        next(batches)
+    bar = tqdm(range(start, config.steps), desc="pretrain toy model", disable=not progress,
+               initial=start, total=config.steps)  # fmt: skip
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
@@ -88,11 +111,54 @@ def pretrain_loop(model, tokenizer, corpus, config: ToyBuildConfig, progress: bo
             with _weights(params, average):
                 at_steps[step + 1](model, tokenizer)
             model.train()  # generating puts the model in eval mode (which would turn off any dropout)
+        if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < config.steps:
+            _save_checkpoint(Path(checkpoint), step + 1, model, optimizer, average, config)
     model.eval()
     if average is not None:
         with torch.no_grad():
             torch._foreach_copy_(params, average)
     return model
+
+
+def checkpoint_path(out, config: ToyBuildConfig) -> Path:
+    """Where the pretraining of ``config`` into ``out`` keeps its checkpoint: beside ``out``, named by the
+    settings' key, so a rerun with the same settings resumes and one with other settings starts afresh
+    (leaving the other run's checkpoint where it is)."""
+    return Path(out).with_name(f".{Path(out).name}.{config.key()}.pretrain.pt")
+
+
+def _save_checkpoint(path: Path, step: int, model, optimizer, average, config: ToyBuildConfig) -> None:
+    state = {
+        "key": config.key(),
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "average": average,
+        "rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint whole
+
+
+def _resume(path, model, optimizer, average, config: ToyBuildConfig) -> int:
+    """Load ``path`` into the run if it is this config's checkpoint; returns the step to start from."""
+    if path is None or not Path(path).is_file():
+        return 0
+    state = torch.load(path, weights_only=True)
+    if state["key"] != config.key():
+        # The file name carries the key, so this only happens if someone copied a checkpoint by hand.
+        raise ValueError(
+            f"{path} is a checkpoint of build {state['key']}, not of {config.key()}; "
+            "delete it or build into another folder"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if average is not None:
+        torch._foreach_copy_(average, state["average"])
+    torch.set_rng_state(state["rng"])
+    logger.info("resuming the toy pretraining from step %d of %d (%s)", state["step"], config.steps, path)
+    return state["step"]
 
 
 @contextlib.contextmanager
