@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +43,12 @@ def replace_block(text: str, start: str, end: str, block: str) -> str | None:
     carries the markers again); None when ``text`` lacks them, for the caller to append or refuse."""
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     return pattern.sub(lambda _: block, text) if pattern.search(text) else None
+
+
+def bench_command(script: str, argv: list[str] | None = None) -> str:
+    """The command line that reruns ``script`` with ``argv`` (default: this process's arguments), quoted
+    as a shell needs it: a section's command must still run when an argument holds spaces or quotes."""
+    return "python " + shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_section(name: str, body: str, command: str, path: Path = BENCHMARKS_MD) -> Path:

@@ -17,7 +17,7 @@ import time
 from cft_rl.cpu import cpu_float_math
 from cft_rl.eval.scoring import score_groups
 from cft_rl.generation import HFGenerator
-from cft_rl.reports import markdown_table, write_section
+from cft_rl.reports import bench_command, markdown_table, write_section
 from cft_rl.toy.build import load_toy
 
 
@@ -72,7 +72,7 @@ def main() -> int:
     )
     print(body)
     if not args.no_write:
-        command = "python " + " ".join(["scripts/bench_eval.py", *sys.argv[1:]])
+        command = bench_command("scripts/bench_eval.py")
         print("wrote", write_section("eval", body, command))
     return 0
 

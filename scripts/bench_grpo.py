@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -325,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")
     args = parser.parse_args(argv)
     from cft_rl.cpu import cpu_float_math
-    from cft_rl.reports import write_section
+    from cft_rl.reports import bench_command, write_section
 
-    command = "python scripts/bench_grpo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = bench_command("scripts/bench_grpo.py", argv)
     sections = {}
     with cpu_float_math(threads=1):
         if args.only in (None, "overhead"):
@@ -337,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, body in sections.items():
         print(body, "\n")
         if not args.no_write:
-            write_section(name, body, command.strip())
+            write_section(name, body, command)
     return 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -244,14 +243,16 @@ def main(argv: list[str] | None = None) -> int:
 
     with cpu_float_math(threads=args.threads):
         body = bench(args)
-    command = "python scripts/bench_grpo_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"{body}\n\nCommand: `{command.strip()}`")
+    from cft_rl.reports import bench_command
+
+    command = bench_command("scripts/bench_grpo_speed.py", argv)
+    print(f"{body}\n\nCommand: `{command}`")
     if not args.no_write:
         from cft_rl.reports import write_section
 
         print(
             "wrote",
-            write_section("grpo-speed", "## GRPO: speed options on the toy\n\n" + body, command.strip()),
+            write_section("grpo-speed", "## GRPO: speed options on the toy\n\n" + body, command),
         )
     return 0
 

@@ -29,7 +29,7 @@ import sys
 import time
 
 from cft_rl.cpu import fit_threads, measure_load, usable_cores
-from cft_rl.reports import markdown_table, write_section
+from cft_rl.reports import bench_command, markdown_table, write_section
 
 # --- the workload ----------------------------------------------------------------------------------
 
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     body = describe(args, *bench(args))
     print(body)
     if not args.no_write:
-        command = "python scripts/bench_threads.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section("threads", body, command.strip())
+        command = bench_command("scripts/bench_threads.py", argv)
+        write_section("threads", body, command)
     return 0
 
 

@@ -38,7 +38,7 @@ from bench_toy_curve import by_difficulty, greedy_accuracy, read_curve, train_gr
 from toy_checks import CLASSES, OUTSIDE_BOX, acceptance, render
 
 from cft_rl.outputs import settings_key
-from cft_rl.reports import write_section
+from cft_rl.reports import bench_command, write_section
 from cft_rl.toy.build import MANIFEST, ToyBuildConfig, build_lengths, build_toy, load_toy
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "pipeline.yaml"
@@ -286,7 +286,7 @@ def main() -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"builds": results, "checks": checks}, indent=2) + "\n")
     if not args.no_write:
-        command = "python " + " ".join(["scripts/bench_toy.py", *sys.argv[1:]])
+        command = bench_command("scripts/bench_toy.py")
         print("wrote", write_section(args.section, body, command))
     return 0
 

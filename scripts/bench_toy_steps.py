@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from bench_toy_curve import by_difficulty, train_greedy
 
 from cft_rl.compare.effects import mean_interval
 from cft_rl.outputs import settings_key
-from cft_rl.reports import markdown_table, write_section
+from cft_rl.reports import bench_command, markdown_table, write_section
 from cft_rl.toy.build import MANIFEST, ToyBuildConfig, load_toy
 
 SECTION = "toy-steps"
@@ -146,7 +145,7 @@ def main() -> int:
             rows.append(paired_change(ref, found, args.bound))
             print(render(rows[-1:], args.bound).splitlines()[2], flush=True)
     body = render(rows, args.bound)
-    command = "python scripts/bench_toy_steps.py " + shlex.join(sys.argv[1:])
+    command = bench_command("scripts/bench_toy_steps.py")
     text = (
         "## Toy base model: accuracy against pretraining steps, on many problems"
         f"{f' ({args.title})' if args.title else ''}\n\n"

@@ -19,7 +19,7 @@ import sys
 import time
 
 from cft_rl.data.datasets import BENCHMARKS, load_benchmark
-from cft_rl.reports import markdown_table, write_section
+from cft_rl.reports import bench_command, markdown_table, write_section
 from cft_rl.verify import verifier as rewards
 
 SOLUTION_SETS = ("gsm8k_train", "gsm8k_test", "math500", "minerva_math")
@@ -185,7 +185,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="rows per benchmark (default: all)")
     parser.add_argument("--part", choices=("all", "accuracy", "speed"), default="all")
     args = parser.parse_args()
-    command = "python " + " ".join(["scripts/bench_verifier.py", *sys.argv[1:]])
+    command = bench_command("scripts/bench_verifier.py")
     # Two sections, so the timed part can be rerun alone on a quiet machine.
     if args.part in ("all", "accuracy"):
         body = f"## Verifier: agreement with gold answers\n\n{accuracy_section(args)}"

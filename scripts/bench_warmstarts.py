@@ -37,7 +37,7 @@ from pathlib import Path
 from bench_toy import demo_eval_budget
 from warmstarts_report import arms_of, mean_of, render, replica_difference, summarize
 
-from cft_rl.reports import write_section
+from cft_rl.reports import bench_command, write_section
 
 # The pipeline's required arms come first, in its order; the others follow by name.
 ARM_ORDER = ("full", "critical")
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
             dump["full_replica_vs_full"] = found[0]
         Path(args.json).write_text(json.dumps(dump, indent=2, default=str) + "\n")
     if not args.no_write:
-        command = "python " + " ".join(["scripts/bench_warmstarts.py", *sys.argv[1:]])
+        command = bench_command("scripts/bench_warmstarts.py")
         print("wrote", write_section("warmstarts", body, command))
     return 0
 
