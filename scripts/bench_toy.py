@@ -14,7 +14,11 @@ and the acceptance checks of issue 17 computed from those figures (the table and
 ``scripts/toy_checks.py``).
 
     python scripts/bench_toy.py [--seeds 0 1 2] [--steps-scale 0.9 1.1] [--steps-seeds 0 1 2] [--out DIR]
-        [--problems N] [--annotate N] [--set key=json ...] [--tiny] [--json PATH] [--no-write]
+        [--problems N] [--steps-problems N] [--annotate N] [--set key=json ...] [--tiny] [--json PATH] [--no-write]
+
+The steps builds are measured for what they are there to show, and with the power it needs: greedy
+accuracy on ``--steps-problems`` train problems (default 2,000), each problem paired with the seed
+build's answer to it, as ``scripts/bench_toy_steps.py`` does (the change, its SE and 95% interval).
 
 Builds go in ``DIR/seed{s}`` and ``DIR/seed{s}-steps{n}``, annotations in ``DIR/annotations`` and the
 other measurements in ``DIR/measurements``; all are reused when their settings match, so a rerun with
@@ -35,7 +39,9 @@ from pathlib import Path
 
 import yaml
 from bench_toy_curve import by_difficulty, greedy_accuracy, read_curve, train_greedy
-from toy_checks import CLASSES, OUTSIDE_BOX, acceptance, render
+from bench_toy_steps import measure as steps_measure
+from bench_toy_steps import paired_change
+from toy_checks import CLASSES, MAX_STEPS_SHIFT, OUTSIDE_BOX, acceptance, render
 
 from cft_rl.outputs import settings_key
 from cft_rl.reports import bench_command, write_section
@@ -210,15 +216,15 @@ def build_constant_lengths(specs: list[dict], out: Path) -> None:
 
 
 def run_builds(args) -> list[dict]:
-    results = []
+    """Build every planned toy, then measure each: the seed builds in full, the steps builds paired."""
     out = Path(args.out)
     specs = plan_builds(args)
     build_constant_lengths(specs, out)
+    results = []
     for spec in specs:
         folder = out / spec["name"]
-        print(f"== {spec['name']}: build, measure, annotate ({folder})", file=sys.stderr, flush=True)
+        print(f"== {spec['name']}: build and measure ({folder})", file=sys.stderr, flush=True)
         manifest = build(folder, spec["config"])
-        summary = annotate(folder, manifest["key"], out, args)
         result = {k: v for k, v in spec.items() if k != "config"}
         result |= {
             "steps": spec["config"].steps,
@@ -227,14 +233,33 @@ def run_builds(args) -> list[dict]:
             "key": manifest["key"],
             "build_seconds": manifest["build_seconds"],
             "parameters": manifest["parameters"],
-            **cached_measure(folder, manifest["key"], out, args),
-            "annotated": summary["annotated"],
-            "critical": critical_by_class(summary),
-            "annotation": summary,
-            "curve": read_curve(folder, manifest["key"]),
         }
+        if spec["scale"] is None:
+            result |= measure_seed_build(folder, manifest["key"], out, args)
+        else:
+            result["paired"] = measure_steps_build(folder, out / f"seed{spec['seed']}", args)
         results.append(result)
     return results
+
+
+def measure_seed_build(folder: Path, key: str, out: Path, args) -> dict:
+    summary = annotate(folder, key, out, args)
+    return {
+        **cached_measure(folder, key, out, args),
+        "annotated": summary["annotated"],
+        "critical": critical_by_class(summary),
+        "annotation": summary,
+        "curve": read_curve(folder, key),
+    }
+
+
+def measure_steps_build(folder: Path, reference: Path, args) -> dict:
+    """A steps build only needs its accuracy against its seed's build, and a few points of it are the
+    question: so it is measured greedily on ``args.steps_problems`` train problems and paired with the
+    reference problem by problem (``scripts/bench_toy_steps.py``, whose cache beside each build it shares)."""
+    ref = steps_measure(reference, args.steps_problems, args.max_new_tokens)
+    found = steps_measure(folder, args.steps_problems, args.max_new_tokens)
+    return paired_change(ref, found, bound=100 * MAX_STEPS_SHIFT)
 
 
 def main() -> int:
@@ -255,6 +280,10 @@ def main() -> int:
         "--out", default="outputs/bench_toy", help="folder of the builds (reused when present)"
     )
     parser.add_argument("--problems", type=int, default=200, help="train and test problems to evaluate")
+    parser.add_argument(
+        "--steps-problems", type=int, default=2000,
+        help="train problems on which each steps build is compared with its seed's build",
+    )  # fmt: skip
     parser.add_argument("--samples", type=int, default=8, help="samples per problem at T=1")
     parser.add_argument("--annotate", type=int, default=128, help="train problems tried by the annotator")
     parser.add_argument(

@@ -1,13 +1,13 @@
 """Is a toy base model on a plateau in its pretraining steps? Each steps build against its seed's build,
 problem by problem, on many train problems.
 
-``scripts/bench_toy.py`` judges issue 17's line "±10% pretraining steps move accuracy by at most 5
-points" on the first ``--problems`` (200) train problems, where each build's accuracy alone has a
-binomial standard error of up to 3.5 points (sqrt(0.25 / 200)): not far from the bound itself. This script measures each build's
-greedy correctness on many more train problems (by default all 2,000 of the default world) and reports
-each steps build's change against its reference build as the mean of the per-problem differences, with
-its standard error and 95% t interval (:func:`cft_rl.compare.effects.mean_interval`; the problems are
-the same, so the difference is paired), overall and on the easy and hard problems apart.
+Issue 17's line "±10% pretraining steps move accuracy by at most 5 points" is a question of a few
+points: on 200 problems each build's accuracy alone has a binomial standard error of up to 3.5 points
+(sqrt(0.25 / 200)), not far from the bound itself. This script measures each build's greedy correctness
+on many more train problems (by default all 2,000 of the default world) and reports each steps build's
+change against its reference build as the mean of the per-problem differences, with its standard error
+and 95% t interval (:func:`cft_rl.compare.effects.mean_interval`; the problems are the same, so the
+difference is paired), overall and on the easy and hard problems apart.
 
     python scripts/bench_toy_steps.py --pair REF OTHER [OTHER ...] [--pair ...] [--problems 2000]
         [--bound 5] [--json PATH] [--no-write] [--section NAME --title TEXT]
@@ -16,6 +16,7 @@ REF and each OTHER are toy build folders of one world (``cft-rl toy build`` or `
 builds that differ only in their pretraining steps): the script refuses a pair whose train problems
 differ. A build's correctness is kept beside it (``<build>.greedy-<key>-<settings>.json``), so a rerun
 measures only new builds. Writes the ``toy-steps`` section of docs/benchmarks.md (or ``--section``).
+``scripts/bench_toy.py`` measures its steps builds the same way (its ``--steps-problems``).
 """
 
 from __future__ import annotations

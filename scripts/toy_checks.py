@@ -6,6 +6,7 @@ be tested on hand-made measurements without building a model).
 from __future__ import annotations
 
 from bench_toy_curve import curve_table
+from bench_toy_steps import render as render_steps
 
 from cft_rl.reports import markdown_table
 
@@ -65,32 +66,25 @@ def _column_means(rows: list[list]) -> list:
 
 
 def table(results: list[dict], k: int) -> str:
-    """A row per build, then the mean and spread over the seed builds and each steps build's change."""
+    """A row per seed build, then the mean and spread over them (the steps builds have their own table)."""
     header = ["build", "seed", "steps", "greedy (train)", "train: easy", "train: hard", "greedy (test)"]
     header += ["pass@1", f"pass@{k}"]
     header += [f"distinct/{k}", f"distinct answers/{k}", "entropy (nats)", "annotated solutions"]
     header += ["critical", *(f"critical: {c}" for c in (*CLASSES, OUTSIDE_BOX))]
-    pairs = [(r, column_values(r, k)) for r in results]
+    pairs = [(r, column_values(r, k)) for r in results if r["scale"] is None]
     rows = [[r["name"], r["seed"], r["steps"], *map(_value, v, COLUMN_KINDS)] for r, v in pairs]
-    seeds = [v for r, v in pairs if r["scale"] is None]
+    seeds = [v for _, v in pairs]
     by_column = [_defined(column) for column in zip(*seeds, strict=True)]
     spreads = [max(d) - min(d) if d else None for d in by_column]
     rows.append(["**mean over seeds**", "", "", *map(_value, _column_means(seeds), COLUMN_KINDS)])
     rows.append(["**spread (max−min) over seeds**", "", "", *_differences(spreads, signed=False)])
-    own = {r["seed"]: (r, v) for r, v in pairs if r["scale"] is None}
-    changes: dict[float, list[list]] = {}
-    for r, v in pairs:
-        if r["scale"] is not None:
-            base, base_values = own[r["seed"]]
-            change = [None if a is None or b is None else a - b for a, b in zip(v, base_values, strict=True)]
-            changes.setdefault(r["scale"], []).append(change)
-            label = f"**change: steps ×{r['scale']:g} vs {base['name']}**"
-            rows.append([label, "", "", *_differences(change, signed=True)])
-    for scale, of_seeds in changes.items():
-        if len(of_seeds) > 1:  # the slope in the steps, with the build noise of one seed averaged out
-            label = f"**mean change: steps ×{scale:g}, over {len(of_seeds)} seeds**"
-            rows.append([label, "", "", *_differences(_column_means(of_seeds), signed=True)])
     return markdown_table(header, rows)
+
+
+def steps_table(results: list[dict]) -> str:
+    """Each steps build against its seed's build, paired on many train problems (empty without any)."""
+    paired = [r["paired"] for r in results if r["scale"] is not None]
+    return render_steps(paired, 100 * MAX_STEPS_SHIFT).split("\n\n")[0] if paired else ""
 
 
 def _check(label: str, values: list, ok, show) -> dict:
@@ -145,17 +139,23 @@ def acceptance(results: list[dict], k: int) -> list[dict]:
 
 
 def _steps_check(results: list[dict]) -> dict:
-    """Every steps build against the build of its own seed, each on its own (not their mean)."""
+    """Every steps build against the build of its own seed, each on its own (not their mean), by the
+    paired change on many problems (:func:`steps_table`)."""
     own = {r["seed"]: r for r in results if r["scale"] is None}
     steps = [r for r in results if r["scale"] is not None]
-    shifts = [r["train_greedy"] - own[r["seed"]]["train_greedy"] for r in steps]
+    shifts = [r["paired"]["change"]["mean"] / 100 for r in steps]
     bases = sorted({own[r["seed"]]["name"] for r in steps}) or [results[0]["name"]]
     of = bases[0] if len(bases) == 1 else f"its seed's build ({', '.join(bases)})"
     label = f"steps builds: train greedy accuracy within {100 * MAX_STEPS_SHIFT:.0f} pt of {of}"
     named = len(bases) > 1
-    show = lambda v: ", ".join(  # noqa: E731
-        (f"{r['name']} " if named else "") + f"{100 * s:+.1f} pt" for r, s in zip(steps, v, strict=True)
-    )
+
+    def show(_):
+        changes = [r["paired"]["change"] for r in steps]
+        return ", ".join(
+            (f"{r['name']} " if named else "") + f"{c['mean']:+.1f} pt [{c['low']:+.1f}, {c['high']:+.1f}]"
+            for r, c in zip(steps, changes, strict=True)
+        )
+
     return _check(label, shifts, lambda s: abs(s) <= MAX_STEPS_SHIFT + 1e-9, show)
 
 
@@ -188,7 +188,7 @@ def render(results: list[dict], checks: list[dict], args) -> str:
         "match the padded batched greedy accuracy exactly), by token class (`cft_rl.token_classes.token_class`); the column 'format outside the box' leaves out the final "
         "`\\boxed{...}`, whose command and braces decide which number is the answer. Mean and spread are over "
         f"the seed builds; the steps builds rerun {rerun} with scaled pretraining steps, each compared "
-        f"with its own seed's build.{one_run}\n\n"
+        f"with its own seed's build (second table).{one_run}\n\n"
     )
     check_rows = [[c["check"], c["measured"], "yes" if c["pass"] else "**no**"] for c in checks]
     curves = curve_table(results)
@@ -198,9 +198,18 @@ def render(results: list[dict], checks: list[dict], args) -> str:
             "(recorded by `scripts/bench_toy_curve.py` while the build was made; under a cosine schedule a "
             "point along a run is not a shorter build, whose learning rate would have decayed):\n\n" + curves
         )
+    steps = steps_table(results)
+    if steps:
+        problems = next(r["paired"]["problems"] for r in results if r["scale"] is not None)
+        steps = (
+            f"\n\nEach steps build against its seed's build: greedy accuracy on the first {problems} train "
+            "problems, and the change as the mean of the per-problem differences (the same problems), with "
+            "its standard error and 95% t interval (`scripts/bench_toy_steps.py`'s measurement):\n\n" + steps
+        )
     return (
         intro
         + table(results, k)
+        + steps
         + f"\n\n{first['parameters'] / 1e6:.2f} M parameters. Build time (from scratch): {times}."
         + curves
         + "\n\nAcceptance (issue 17):\n\n"

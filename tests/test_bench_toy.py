@@ -17,8 +17,14 @@ def bench(load_script):
 def _build(name, train, scale=None, **critical):
     fractions = {"overall": 0.15, "digit": 0.7, "operator": 0.65, "format": 0.2, "word": 0.02}
     fractions |= {"format outside the box": 0.03, **critical}
-    return {"name": name, "seed": int(name[4]), "scale": scale, "train_greedy": train, "pass@1": 0.4, "pass@8": 0.7,
+    return {"name": name, "seed": int(name[4]), "scale": scale, "steps": 4000, "train_greedy": train, "pass@1": 0.4, "pass@8": 0.7,
             "distinct_completions": 8.0, "critical": fractions}  # fmt: skip
+
+
+def _steps(name, change_pt, scale):
+    """A steps build: only its paired change against its seed's build is measured (on many problems)."""
+    change = {"mean": change_pt, "se": 0.6, "low": change_pt - 1.2, "high": change_pt + 1.2}
+    return {"name": name, "seed": int(name[4]), "scale": scale, "steps": 4400, "paired": {"change": change}}
 
 
 def _failed(checks) -> list[str]:
@@ -27,15 +33,15 @@ def _failed(checks) -> list[str]:
 
 def test_a_robust_base_passes_every_check(bench):
     builds = [_build("seed0", 0.55), _build("seed1", 0.60), _build("seed2", 0.52)]
-    builds += [_build("seed0-steps90", 0.52, 0.9), _build("seed0-steps110", 0.58, 1.1)]
+    builds += [_steps("seed0-steps90", -3.0, 0.9), _steps("seed0-steps110", 3.0, 1.1)]
     assert _failed(bench.acceptance(builds, 8)) == []
 
 
 def test_each_bound_fails_on_its_own(bench):
-    seeds = [_build("seed0", 0.55), _build("seed1", 0.60), _build("seed0-steps90", 0.56, 0.9)]
+    seeds = [_build("seed0", 0.55), _build("seed1", 0.60), _steps("seed0-steps90", 1.0, 0.9)]
     spread = bench.acceptance([*seeds, _build("seed2", 0.44)], 8)
     assert _failed(spread) == ["train greedy accuracy spread over seeds ≤ 10 pt"]
-    cliff = bench.acceptance([*seeds, _build("seed0-steps110", 0.61, 1.1)], 8)
+    cliff = bench.acceptance([*seeds, _steps("seed0-steps110", 6.0, 1.1)], 8)
     assert _failed(cliff) == ["steps builds: train greedy accuracy within 5 pt of seed0"]
     # The box's braces may be critical (they say which number is the answer); format outside it may not.
     boxed = bench.acceptance([*seeds, _build("seed2", 0.55, format=0.9)], 8)
@@ -47,35 +53,40 @@ def test_each_bound_fails_on_its_own(bench):
 
 
 def test_an_unmeasured_class_fails_its_check(bench):
-    checks = bench.acceptance([_build("seed0", 0.55, word=None), _build("seed0-steps90", 0.55, 0.9)], 8)
+    checks = bench.acceptance([_build("seed0", 0.55, word=None), _steps("seed0-steps90", 0.0, 0.9)], 8)
     assert _failed(checks) == ["critical fraction of word tokens ≤ 5%, every seed"]
     no_steps_builds = bench.acceptance([_build("seed0", 0.55)], 8)
     assert _failed(no_steps_builds) == ["steps builds: train greedy accuracy within 5 pt of seed0"]
 
 
-def _seeded(name, train, scale=None):
-    return {**_build(name, train, scale), "steps": 4000}
-
-
 def test_steps_builds_of_several_seeds_each_compare_with_their_own_seed(bench, load_script):
-    seeds = [_seeded("seed0", 0.50), _seeded("seed1", 0.60), _seeded("seed2", 0.55)]
-    # seed1 x1.1 sits 3 pt from seed1 but 13 pt from seed0: judged against seed1, it passes.
-    steps = [_seeded("seed0-steps4400", 0.53, 1.1), _seeded("seed1-steps4400", 0.63, 1.1)]
+    seeds = [_build("seed0", 0.50), _build("seed1", 0.60), _build("seed2", 0.55)]
+    steps = [_steps("seed0-steps4400", 3.0, 1.1), _steps("seed1-steps4400", -4.9, 1.1)]
     check = bench.acceptance([*seeds, *steps], 8)[-1]
     assert check["pass"] and check["check"].endswith("of its seed's build (seed0, seed1)")
-    assert check["measured"] == "seed0-steps4400 +3.0 pt, seed1-steps4400 +3.0 pt"
-    # 7 pt from its own seed fails, though it sits within 5 pt of seed0.
-    drift = bench.acceptance([*seeds, steps[0], _seeded("seed1-steps4400", 0.53, 1.1)], 8)[-1]
-    assert not drift["pass"] and drift["measured"].endswith("seed1-steps4400 -7.0 pt")
+    assert check["measured"] == "seed0-steps4400 +3.0 pt [+1.8, +4.2], seed1-steps4400 -4.9 pt [-6.1, -3.7]"
+    drift = bench.acceptance([*seeds, steps[0], _steps("seed1-steps4400", -5.2, 1.1)], 8)[-1]
+    assert not drift["pass"] and drift["measured"].endswith("seed1-steps4400 -5.2 pt [-6.4, -4.0]")
+    # The seed table has no row of a steps build: they were not measured on its columns.
     rows = load_script("toy_checks").table(
-        [
-            {**b, "test_greedy": 0.5, "distinct_answers": 3.0, "entropy": 0.2, "annotated": 70}
-            for b in [*seeds, *steps]
-        ],
+        [{**b, "test_greedy": 0.5, "distinct_answers": 3.0, "entropy": 0.2, "annotated": 70} for b in seeds]
+        + steps,
         8,
     )
-    mean_row = next(line for line in rows.splitlines() if "mean change" in line)
-    assert "steps ×1.1, over 2 seeds" in mean_row and "| +3.0 pt |" in mean_row
+    assert "steps4400" not in rows and "| **mean over seeds** |  |  | 55.0% |" in rows
+
+
+def test_a_steps_build_is_measured_paired_against_its_own_seed(bench, monkeypatch, tmp_path):
+    def fake_measure(folder, problems, max_new_tokens):
+        correct = {"seed1": [1, 1, 0, 0], "seed1-steps5500": [1, 1, 1, 0]}[folder.name]
+        return {"build": folder.name, "steps": 5, "prompts": ["a", "b", "c", "d"], "correct": correct,
+                "hard": [False, True, False, True], "problems": problems}  # fmt: skip
+
+    monkeypatch.setattr(bench, "steps_measure", fake_measure)
+    args = argparse.Namespace(steps_problems=4, max_new_tokens=9)
+    found = bench.measure_steps_build(tmp_path / "seed1-steps5500", tmp_path / "seed1", args)
+    assert found["reference"] == "seed1" and found["change"]["mean"] == pytest.approx(25.0)
+    assert found["change"]["se"] == pytest.approx(25.0)  # differences 0, 0, 100, 0: sd 50, over sqrt 4
 
 
 def test_steps_builds_are_planned_for_the_steps_seeds_only(bench):
