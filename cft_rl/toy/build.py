@@ -10,7 +10,8 @@ How the model is pretrained (a plain PyTorch loop) is :mod:`cft_rl.toy.pretrain`
 The default build ships inside the package (``EMBEDDED``): see :func:`embedded_build`.
 
 Builds are deterministic in their settings, atomic (built in a temporary folder, then renamed, so a
-killed build leaves nothing half-written) and cached (same settings: return at once).
+killed build leaves nothing half-written), resumable (the pretraining's checkpoint, :mod:`~cft_rl.toy.pretrain`)
+and cached (same settings: return at once).
 """
 
 from __future__ import annotations
@@ -167,8 +168,6 @@ def _check_keys(cls, values: dict, what: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Presets, and the base model shipped inside the package
 # ---------------------------------------------------------------------------------------------------
-# Named toy builds, and the base model shipped inside the package.
-#
 # Why ship a model at all: the default toy base model comes out of tens of minutes of CPU pretraining, and
 # its float rounding depends on the CPU: the same settings gave 26% greedy accuracy on one machine and 48%
 # on another when the build sat near an accuracy cliff. The default preset's build is therefore embedded
@@ -185,8 +184,7 @@ def _check_keys(cls, values: dict, what: str) -> None:
 
 EMBEDDED = Path(__file__).parent / "embedded"
 
-# name -> settings. "default" is the demo's base model (and the embedded one); "tiny" builds in seconds
-# for tests.
+# name -> settings. "default" is the demo's (and the embedded) base model; "tiny" builds in seconds, for tests.
 PRESETS: dict[str, Callable[[], ToyBuildConfig]] = {"default": ToyBuildConfig, "tiny": ToyBuildConfig.tiny}
 
 
@@ -240,16 +238,12 @@ def build_toy(
     tmp.mkdir(parents=True)
     start = time.perf_counter()
     tokenizer, corpus = prepare_world(tmp, config)
-    # A watched run (``at_steps``) keeps what it measures in memory, so it would lose the steps before
-    # a resume: only unwatched builds keep a checkpoint.
+    # A watched run (``at_steps``) keeps its measurements in memory, which a resume would lose.
     checkpoint = None if at_steps else checkpoint_path(out, config)
     model = make_model(config, tokenizer)
     model = _pretrain(model, tokenizer, corpus, config, progress, at_steps, checkpoint)
     save_model(tmp, model, tokenizer, config, time.perf_counter() - start)
-    _replace(tmp, out)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
-    return out
+    return _replace(tmp, out, checkpoint)
 
 
 def world_problems(config: ToyBuildConfig) -> dict:
@@ -326,10 +320,13 @@ def build_lengths(folders: dict[int, str | Path], config: ToyBuildConfig, progre
     checkpoint.unlink(missing_ok=True)
 
 
-def _replace(tmp: Path, out: Path) -> Path:
-    """Move the finished build into place: a killed build never leaves a half-written ``out``."""
+def _replace(tmp: Path, out: Path, checkpoint: Path | None = None) -> Path:
+    """Move the finished build into place (a killed build never leaves a half-written ``out``), then
+    drop the checkpoint it could have resumed from."""
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return out
 
 
