@@ -93,6 +93,17 @@ def _points(a: float | None, b: float | None) -> float | None:
 
 def render(rows: list[dict], bound: float) -> str:
     """The table of the section: a row per steps build, then the check over all of them."""
+    passed = all(r["within_bound"] for r in rows)
+    changes = ", ".join(f"{r['build']} {r['change']['mean']:+.1f} pt" for r in rows)
+    check = (
+        f"Check (issue 17): every steps build within {bound:g} pt of its seed's build: "
+        f"{'**yes**' if passed else '**no**'} ({changes})."
+    )
+    return f"{table(rows, bound)}\n\n{check}"
+
+
+def table(rows: list[dict], bound: float) -> str:
+    """A row per steps build: its accuracy, its reference's, and the paired change."""
 
     def pct(x):
         return "–" if x is None else f"{x:.1%}"
@@ -100,7 +111,7 @@ def render(rows: list[dict], bound: float) -> str:
     def pt(x):
         return "–" if x is None else f"{x:+.1f} pt"
 
-    table = markdown_table(
+    return markdown_table(
         ["build", "steps", "against", "problems", "greedy (train)", "easy", "hard", "change [95% CI]",
          "SE", "change: easy", "change: hard", f"within ±{bound:g} pt"],
         [
@@ -113,13 +124,6 @@ def render(rows: list[dict], bound: float) -> str:
             for r in rows
         ],
     )  # fmt: skip
-    passed = all(r["within_bound"] for r in rows)
-    changes = ", ".join(f"{r['build']} {r['change']['mean']:+.1f} pt" for r in rows)
-    check = (
-        f"Check (issue 17): every steps build within {bound:g} pt of its seed's build: "
-        f"{'**yes**' if passed else '**no**'} ({changes})."
-    )
-    return f"{table}\n\n{check}"
 
 
 def main() -> int:
@@ -144,7 +148,7 @@ def main() -> int:
         for other in others:
             found = measure(Path(other), args.problems, args.max_new_tokens)
             rows.append(paired_change(ref, found, args.bound))
-            print(render(rows[-1:], args.bound).splitlines()[2], flush=True)
+            print(table(rows[-1:], args.bound).splitlines()[2], flush=True)
     body = render(rows, args.bound)
     command = bench_command("scripts/bench_toy_steps.py")
     text = (

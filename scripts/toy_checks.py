@@ -6,7 +6,7 @@ be tested on hand-made measurements without building a model).
 from __future__ import annotations
 
 from bench_toy_curve import curve_table
-from bench_toy_steps import render as render_steps
+from bench_toy_steps import table as paired_table
 
 from cft_rl.reports import markdown_table
 
@@ -84,7 +84,7 @@ def table(results: list[dict], k: int) -> str:
 def steps_table(results: list[dict]) -> str:
     """Each steps build against its seed's build, paired on many train problems (empty without any)."""
     paired = [r["paired"] for r in results if r["scale"] is not None]
-    return render_steps(paired, 100 * MAX_STEPS_SHIFT).split("\n\n")[0] if paired else ""
+    return paired_table(paired, 100 * MAX_STEPS_SHIFT) if paired else ""
 
 
 def _check(label: str, values: list, ok, show) -> dict:

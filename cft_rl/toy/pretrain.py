@@ -78,6 +78,7 @@ def pretrain_loop(
     and, if it holds this config's run, the loop starts from it (``at_steps`` entries it has passed are
     not called again). The caller removes it once the build is saved."""
     at_steps = at_steps or {}
+    checkpoint = None if checkpoint is None else Path(checkpoint)
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.01
@@ -112,7 +113,7 @@ def pretrain_loop(
                 at_steps[step + 1](model, tokenizer)
             model.train()  # generating puts the model in eval mode (which would turn off any dropout)
         if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < config.steps:
-            _save_checkpoint(Path(checkpoint), step + 1, model, optimizer, average, config)
+            _save_checkpoint(checkpoint, step + 1, model, optimizer, average, config)
     model.eval()
     if average is not None:
         with torch.no_grad():
@@ -141,9 +142,9 @@ def _save_checkpoint(path: Path, step: int, model, optimizer, average, config: T
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint whole
 
 
-def _resume(path, model, optimizer, average, config: ToyBuildConfig) -> int:
+def _resume(path: Path | None, model, optimizer, average, config: ToyBuildConfig) -> int:
     """Load ``path`` into the run if it is this config's checkpoint; returns the step to start from."""
-    if path is None or not Path(path).is_file():
+    if path is None or not path.is_file():
         return 0
     state = torch.load(path, weights_only=True)
     if state["key"] != config.key():
