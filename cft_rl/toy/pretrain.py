@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from cft_rl.toy.corpus import batches_of
 
 if TYPE_CHECKING:
-    from cft_rl.toy.build import ToyBuildConfig
+    from cft_rl.toy.config import ToyBuildConfig
 
 logger = logging.getLogger(__name__)
 
