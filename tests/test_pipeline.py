@@ -67,10 +67,10 @@ def test_a_section_change_rekeys_only_its_stages_and_downstream(tmp_path):
 def test_a_new_default_build_rekeys_the_toy_stage(tmp_path, monkeypatch):
     """``toy: {}`` reads the same after the default preset or its embedded model changes: the stage
     key must follow the build's own key, or an old pipeline folder keeps the old base model."""
-    import cft_rl.toy.build as build
+    import cft_rl.toy.config as toy_config
 
     base = _keys(_recipe(tmp_path))
-    monkeypatch.setattr(build, "BUILD_VERSION", f"{build.BUILD_VERSION}-next")
+    monkeypatch.setattr(toy_config, "BUILD_VERSION", f"{toy_config.BUILD_VERSION}-next")
     assert all(base[n] != k for n, k in _keys(_recipe(tmp_path)).items())
 
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from cft_rl.toy import build as toy_module
 from cft_rl.toy import pretrain as pretrain_module
 from cft_rl.toy.build import ToyBuildConfig, build_lengths, build_toy, is_built
+from cft_rl.toy.config import ADDED_LATER
 from cft_rl.toy.pretrain import checkpoint_path, learning_rate, make_model
 from cft_rl.toy.task import ToyTaskConfig
 
@@ -37,7 +38,7 @@ def test_settings_added_later_keep_the_older_builds_keys():
     # The defaults reproduce the builds made before these fields existed, so their keys must not move
     # (the embedded model's among them); any other value is a different build.
     default = ToyBuildConfig()
-    assert {"lr_schedule": default.lr_schedule, "ema_decay": default.ema_decay} == toy_module.ADDED_LATER
+    assert {"lr_schedule": default.lr_schedule, "ema_decay": default.ema_decay} == ADDED_LATER
     # The first embedded v3 build (4 heads, 35% hard problems, a tenth of them in pretraining) was made
     # before them: its settings must still give its key.
     first_v3 = ToyBuildConfig(

@@ -54,7 +54,7 @@ MANIFEST = "toy_manifest.json"
 #     rm -rf cft_rl/toy/embedded/default && cp -r /tmp/default cft_rl/toy/embedded/default
 #
 # A test checks that the embedded manifest's settings key is the default preset's key, so a change to the
-# defaults, the task or the build procedure (``BUILD_VERSION``) cannot ship a stale model.
+# defaults, the task or the build procedure (``cft_rl.toy.config.BUILD_VERSION``) cannot ship a stale model.
 
 EMBEDDED = Path(__file__).parent / "embedded"
 
