@@ -16,7 +16,7 @@ from cft_rl.toy.task import ToyTaskConfig
 
 
 def test_learning_rates_by_hand():
-    cosine = ToyBuildConfig(learning_rate=1.0, warmup_steps=4, steps=10)
+    cosine = ToyBuildConfig(learning_rate=1.0, warmup_steps=4, steps=10, lr_schedule="cosine")
     assert learning_rate(cosine, 0) == pytest.approx(0.25)  # warmup: (0 + 1) / 4
     assert learning_rate(cosine, 3) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.3)))
     assert learning_rate(cosine, 5) == pytest.approx(0.55)  # half way down to 10%
@@ -35,17 +35,19 @@ def test_bad_schedule_settings_name_the_fix():
 
 
 def test_settings_added_later_keep_the_older_builds_keys():
-    # The defaults reproduce the builds made before these fields existed, so their keys must not move
-    # (the embedded model's among them); any other value is a different build.
-    default = ToyBuildConfig()
-    assert {"lr_schedule": default.lr_schedule, "ema_decay": default.ema_decay} == ADDED_LATER
-    # The first embedded v3 build (4 heads, 35% hard problems, a tenth of them in pretraining) was made
-    # before them: its settings must still give its key.
+    # ADDED_LATER's values reproduce the builds made before these fields existed, so those builds' keys
+    # must not move (the tiny preset's among them); any other value is a different build.
+    # The first embedded v3 build (4 heads, 35% hard problems, a tenth of them in pretraining, 4,000
+    # cosine steps) was made before them: its settings must still give its key.
     first_v3 = ToyBuildConfig(
-        num_heads=4, num_kv_heads=2, pretrain_hard_share=0.1, task=ToyTaskConfig(hard_prob=0.35)
-    )
+        num_heads=4, num_kv_heads=2, pretrain_hard_share=0.1, task=ToyTaskConfig(hard_prob=0.35),
+        steps=4000, **ADDED_LATER,
+    )  # fmt: skip
     assert first_v3.key() == "dd5ac0a2fd1ff8a0"
-    keys = {default.key(), ToyBuildConfig(lr_schedule="constant").key(), ToyBuildConfig(ema_decay=0.5).key()}
+    cosine = ToyBuildConfig(steps=4000, **ADDED_LATER)
+    assert cosine.key() == "e4b337f79793713e"  # the cosine default of 2026-12-06, the tiny preset's rule
+    keys = {cosine.key(), ToyBuildConfig(steps=4000, lr_schedule="cosine", ema_decay=0.5).key(),
+            ToyBuildConfig(steps=4000, lr_schedule="constant", ema_decay=0.0).key()}  # fmt: skip
     assert len(keys) == 3
 
 
