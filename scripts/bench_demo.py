@@ -25,7 +25,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from cft_rl.reports import markdown_table, write_section
+from cft_rl.reports import bench_command, markdown_table, write_section
 
 
 def load_manifests(root: Path) -> list[dict]:
@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if not args.no_write:
         ran = args.ran or f"make {args.section}"
-        command = f"{ran} && python scripts/bench_demo.py --pipeline {root} --section {args.section}"
+        # ``--ran`` is already shell text; the rest is quoted, so a folder with spaces reruns as itself.
+        rerun = bench_command("scripts/bench_demo.py", ["--pipeline", str(root), "--section", args.section])
+        command = f"{ran} && {rerun}"
         write_section(args.section, body, command)
     return 0
 
