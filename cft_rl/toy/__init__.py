@@ -2,6 +2,8 @@
 
 from cft_rl import lazy_exports
 
-_EXPORTS = dict.fromkeys(("ToyBuildConfig", "build_toy", "is_built", "load_toy"), "cft_rl.toy.build")
+_EXPORTS = {"ToyBuildConfig": "cft_rl.toy.config"} | dict.fromkeys(
+    ("build_toy", "is_built", "load_toy"), "cft_rl.toy.build"
+)
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)
