@@ -132,7 +132,7 @@ class ToyBuildConfig:
     def key(self) -> str:
         settings = dataclasses.asdict(self)
         # Fields added after a build version enter the key only when set to something else than the
-        # behaviour that version had: the builds made before them (the embedded one among them) keep
+        # behaviour that version had: the builds made before them (the tiny preset among them) keep
         # their keys, so no cache, pipeline stage or embedded model is invalidated by a no-op.
         for name, before in ADDED_LATER.items():
             if settings[name] == before:
