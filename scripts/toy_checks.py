@@ -143,20 +143,19 @@ def _steps_check(results: list[dict]) -> dict:
     paired change on many problems (:func:`steps_table`)."""
     own = {r["seed"]: r for r in results if r["scale"] is None}
     steps = [r for r in results if r["scale"] is not None]
-    shifts = [r["paired"]["change"]["mean"] / 100 for r in steps]
+    changes = [r["paired"]["change"] for r in steps]  # in points
     bases = sorted({own[r["seed"]]["name"] for r in steps}) or [results[0]["name"]]
     of = bases[0] if len(bases) == 1 else f"its seed's build ({', '.join(bases)})"
     label = f"steps builds: train greedy accuracy within {100 * MAX_STEPS_SHIFT:.0f} pt of {of}"
     named = len(bases) > 1
 
-    def show(_):
-        changes = [r["paired"]["change"] for r in steps]
+    def show(measured):
         return ", ".join(
             (f"{r['name']} " if named else "") + f"{c['mean']:+.1f} pt [{c['low']:+.1f}, {c['high']:+.1f}]"
-            for r, c in zip(steps, changes, strict=True)
+            for r, c in zip(steps, measured, strict=True)
         )
 
-    return _check(label, shifts, lambda s: abs(s) <= MAX_STEPS_SHIFT + 1e-9, show)
+    return _check(label, changes, lambda c: abs(c["mean"] / 100) <= MAX_STEPS_SHIFT + 1e-9, show)
 
 
 def render(results: list[dict], checks: list[dict], args) -> str:
