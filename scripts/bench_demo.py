@@ -8,7 +8,9 @@
 pipeline command that made the run, for the section's command line.)
 
 Reads the stage manifests (each records its own seconds and finish time) and the report, so the
-figures are those of the run itself rather than of a second run. The wall time is the time during which
+figures are those of the run itself rather than of a second run. Only the stages of the last run count:
+``compare`` and what it read from, so another recipe's stages left in the folder (the experiment's extra
+arms, after the demo ran there) are not counted. The wall time is the time during which
 at least one stage was running (the union of the stages' start-to-finish spans): with ``lanes`` several
 stages run at once, so it is less than the sum of their seconds, and a pause between two runs (the demo,
 then the experiment's remaining stages) does not count. Such a pause (no stage running for over a
@@ -29,12 +31,35 @@ from cft_rl.reports import bench_command, markdown_table, write_section
 
 
 def load_manifests(root: Path) -> list[dict]:
+    """The manifests of the stages the last pipeline run compared: ``compare`` and what it read from,
+    transitively (each manifest names its inputs). A folder can hold other stages, left by a run of
+    another recipe in the same output_dir (the demo after the experiment leaves the experiment's extra
+    arms); counting them would report another run's times and arms."""
     paths = [p for p in sorted(root.glob("**/manifest.json")) if ".superseded" not in p.parts]
-    manifests = [m for m in (json.loads(p.read_text()) for p in paths) if "stage" in m]
+    by_stage = {m["stage"]: m for m in (json.loads(p.read_text()) for p in paths) if "stage" in m}
+    if "compare" not in by_stage:
+        raise SystemExit(f"no compare stage in {root}; run the pipeline to its end first")
+    manifests = [by_stage[s] for s in sorted(run_stages(by_stage, "compare"))]
     unfinished = [m["stage"] for m in manifests if m.get("status") != "done"]
     if unfinished:
         raise SystemExit(f"stages not finished: {unfinished}; rerun the pipeline first")
     return manifests
+
+
+def run_stages(by_stage: dict[str, dict], last: str) -> set[str]:
+    """``last`` and every stage it reads from, transitively (a manifest's ``inputs`` name its stages)."""
+    seen: set[str] = set()
+    todo = [last]
+    while todo:
+        stage = todo.pop()
+        if stage in seen:
+            continue
+        seen.add(stage)
+        missing = [s for s in by_stage[stage].get("inputs", {}) if s not in by_stage]
+        if missing:
+            raise SystemExit(f"{stage} read from {missing}, whose manifests are gone; rerun the pipeline")
+        todo.extend(by_stage[stage].get("inputs", {}))
+    return seen
 
 
 PAUSE_S = 60.0  # no stage running for longer than this: the stages came from more than one run

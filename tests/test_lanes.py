@@ -303,6 +303,44 @@ def test_the_demo_benchmark_tells_several_runs_from_one(load_script):
     assert "From scratch" in bench.wall_sentence(manifests[:2], 30.0, 90)
 
 
+def test_the_demo_benchmark_reads_only_the_stages_its_compare_read(load_script, tmp_path):
+    # The demo run in the experiment's folder leaves the experiment's extra arms there: the benchmark
+    # must count compare and what it read from, transitively, and nothing else.
+    bench = load_script("bench_demo")
+
+    def stage(name, inputs=(), status="done"):
+        folder = tmp_path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "stage": name,
+            "kind": name.split("/")[0],
+            "status": status,
+            "inputs": {i: i for i in inputs},
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    stage("toy")
+    stage("sft/full", ["toy"])
+    stage("grpo/full", ["sft/full", "toy"])
+    stage("eval/grpo/full", ["grpo/full"])
+    stage("compare", ["grpo/full", "eval/grpo/full"])
+    stage("sft/collapse", ["toy"])  # the experiment's leftover arm
+    stage("grpo/collapse", ["sft/collapse", "toy"], status="running")  # and a stage it left unfinished
+    assert [m["stage"] for m in bench.load_manifests(tmp_path)] == [
+        "compare",
+        "eval/grpo/full",
+        "grpo/full",
+        "sft/full",
+        "toy",
+    ]
+    (tmp_path / "sft" / "full" / "manifest.json").unlink()
+    with pytest.raises(SystemExit, match=r"grpo/full read from \['sft/full'\], whose manifests are gone"):
+        bench.load_manifests(tmp_path)
+    (tmp_path / "compare" / "manifest.json").unlink()
+    with pytest.raises(SystemExit, match="no compare stage"):
+        bench.load_manifests(tmp_path)
+
+
 def test_benchmark_arms_take_turns_in_alternating_order():
     # cft_rl.reports.alternating: every benchmark script's rounds; each arm goes first every other round.
     from cft_rl.reports import alternating
