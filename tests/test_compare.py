@@ -389,7 +389,12 @@ def test_controls_pass_on_the_planted_collapse_and_the_replica_and_fail_swapped(
     assert summary["controls"]["collapse"]["status"] == "PASS" and summary["controls"]["replica"]["why"] == []
     markdown = (out / "report.md").read_text()
     assert markdown.index("## Verdict") < markdown.index("## Controls") < markdown.index("## Final, peak")
-    assert "- **PASS** collapse (positive control: must differ from full): probe/entropy -0.3" in markdown
+    line = "- **PASS** collapse (positive control: must differ from full; 95% intervals): probe/entropy -0.3"
+    assert line in markdown
+    assert (
+        "- **PASS** replica (negative control: must match full; 98.3% intervals: a family-wise 5% over 3"
+        in markdown
+    )
     page = (out / "report.html").read_text()
     assert page.index("Verdict") < page.index("<h2>Controls") < page.index("<h2>Curves</h2>")
     assert "<strong>PASS</strong> replica" in page
@@ -432,6 +437,46 @@ def test_a_positive_control_must_separate_on_every_metric_and_a_missing_one_fail
     assert missing["status"] == "FAIL" and missing["why"] == ["not logged: probe/pass@*-pass@1"]
     undefined = {"probe/entropy": {**row(0, -1, 1), "low": None, "high": None, "significant": False}}
     assert judge_control("replica", "same", "full", undefined)["why"] == ["no interval: probe/entropy"]
+
+
+def test_a_negative_control_is_judged_at_a_family_wise_five_percent(tmp_path):
+    # Three metrics at 95% each would fail an identical arm in up to 1 - 0.95^3 = 14% of runs; the
+    # negative control is judged at 1 - 0.05/3 each (Bonferroni), the positive one at 95% (it must
+    # separate on every metric, an intersection-union test, which needs no correction).
+    from cft_rl.compare.controls import control_confidence
+
+    assert control_confidence("same", 3) == pytest.approx(1 - 0.05 / 3)
+    assert control_confidence("same", 1) == pytest.approx(0.95)
+    assert control_confidence("differs", 3) == pytest.approx(0.95)
+
+    # Five seeds per arm, spread [0, .01, -.01, .02, -.02] in both: SE of the difference 0.01 and
+    # Welch df 8, so the half-widths are t(0.975, 8) * 0.01 = 0.0231 and t(1 - 0.05/6, 8) * 0.01 = 0.0302.
+    spread = [0.0, 0.01, -0.01, 0.02, -0.02]
+
+    def judged(shift):
+        dirs = []
+        for label, d in (("full", 0.0), ("replica", shift)):
+            for seed, e in enumerate(spread):
+                final = {
+                    "probe/entropy": 1.0 + e + d,
+                    "probe/distinct_answers": 3 + e,
+                    "probe/pass@1": 0.4 + e,
+                }
+                entries = [{"step": 0, **final, "probe/entropy": 1.0}, {"step": 10, **final}]
+                entries[1]["probe/pass@4"] = entries[0]["probe/pass@4"] = 0.6 + e
+                dirs.append(str(write_run(tmp_path / f"{shift}" / f"{label}-seed{seed}", entries)))
+        config = CompareConfig(
+            runs=dirs, out=str(tmp_path / "o"), metrics=["probe/pass@1"], controls={"replica": "same"}
+        )
+        (control,) = build_report(config).controls
+        return control
+
+    inside = judged(0.026)  # outside the 95% interval, inside the 98.3% one
+    row = inside["metrics"]["probe/entropy"]
+    assert inside["status"] == "PASS" and inside["confidence"] == pytest.approx(1 - 0.05 / 3)
+    assert (row["low"], row["high"]) == pytest.approx((0.026 - 0.0302, 0.026 + 0.0302), abs=3e-4)
+    outside = judged(0.035)  # beyond both
+    assert outside["status"] == "FAIL" and outside["why"] == ["separates on probe/entropy"]
 
 
 def test_bad_controls_are_named_with_the_valid_values(arms, tmp_path):

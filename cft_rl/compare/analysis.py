@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cft_rl.compare.config import CompareConfig
-from cft_rl.compare.controls import control_metrics, judge_control
+from cft_rl.compare.controls import CONTROL_METRICS, control_confidence, control_metrics, judge_control
 from cft_rl.compare.curves import (
     Curve,
     aggregate,
@@ -293,8 +293,9 @@ def _fits(groups: dict[str, list[Run]], config: CompareConfig, notes: list[str])
 def _controls(
     config: CompareConfig, groups: dict[str, list[Run]], curves: dict[str, list[Curve]], baseline: str | None
 ) -> list[dict]:
-    """Each control arm judged on :data:`CONTROL_METRICS`' final values against the baseline, from
-    the curves already built or, for a control metric not among the report's, its own."""
+    """Each control arm judged on :data:`CONTROL_METRICS`' final values against the baseline, at
+    :func:`control_confidence`, from the curves already built or, for a control metric not among the
+    report's, its own."""
     if not config.controls:
         return []
     if baseline is None:
@@ -308,14 +309,15 @@ def _controls(
     for arm, expect in config.controls.items():
         logged = set().union(*(r.metrics() for r in groups[arm] + groups[baseline]))
         rows: dict[str, dict | None] = {}
+        confidence = control_confidence(expect, len(CONTROL_METRICS))
         for pattern, metric in control_metrics(logged).items():
             if metric is None:  # logged by neither: the control cannot be judged on it
                 rows[pattern] = None
                 continue
             by_label = curves.get(metric) or _label_curves(metric, groups, config.band)
-            effects = arm_effects({metric: by_label}, baseline, config.interval)
+            effects = arm_effects({metric: by_label}, baseline, config.interval, confidence)
             rows[metric] = next((r for r in effects if r["arm"] == arm and r["measure"] == "final"), None)
-        judged.append(judge_control(arm, expect, baseline, rows))
+        judged.append(judge_control(arm, expect, baseline, rows, confidence))
     return judged
 
 

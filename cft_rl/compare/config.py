@@ -49,7 +49,9 @@ class CompareConfig:
             negative control: must not), as YAML on the command line: ``--controls '{collapse: differs}'``.
             Each is judged PASS or FAIL on the final values of ``controls.CONTROL_METRICS`` (probe
             entropy, distinct answers, the exploration gap): "differs" passes when the 95% interval of
-            every one excludes 0, "same" when none does. Needs a baseline.
+            every one excludes 0, "same" when none does at a Bonferroni-corrected confidence (98.3% for
+            three metrics: ``controls.control_confidence``), so either errs in at most 5% of runs.
+            Needs a baseline.
     """
 
     runs: list[str]

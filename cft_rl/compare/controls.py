@@ -6,8 +6,11 @@ metric of :data:`CONTROL_METRICS`; a *negative* control ("same": the baseline's 
 seeds) must separate on none. If either fails, the run cannot tell an effect of that size from seed
 noise, or sees effects that are not there, and the verdicts of the other arms mean little.
 
-"Separates" is the final value's 95% interval against the baseline excluding 0
-(:func:`cft_rl.compare.curves.arm_effects`). A metric missing from either arm, or without an interval
+"Separates" is the final value's interval against the baseline excluding 0
+(:func:`cft_rl.compare.curves.arm_effects`), at the confidence :func:`control_confidence` gives, so that
+each control is itself a test at 5%: a negative control FAILs when *any* of its metrics separates, so
+each metric is judged at a Bonferroni-corrected confidence; a positive control PASSes only when *every*
+metric separates, which needs no correction. A metric missing from either arm, or without an interval
 (under 2 seeds), fails the control either way: an instrument that did not measure has not been shown
 to work. Pure functions over the effect rows; :mod:`cft_rl.compare.analysis` computes them.
 """
@@ -26,6 +29,24 @@ EXPECTATIONS = {"differs": "positive control: must differ from", "same": "negati
 # token entropy, its distinct final answers per prompt, and the exploration gap pass@k - pass@1 (derived
 # by compare, with k the largest probe pass@k logged).
 CONTROL_METRICS = ("probe/entropy", "probe/distinct_answers", "probe/pass@*-pass@1")
+
+FAMILY_ALPHA = 0.05  # the chance a control may come out wrong when the arm is what it claims to be
+
+
+def control_confidence(expect: str, metrics: int) -> float:
+    """The confidence of each metric's interval when a control of ``expect`` is judged on ``metrics``
+    metrics, such that the control as a whole errs at most :data:`FAMILY_ALPHA` of the time.
+
+    - "same" FAILs when any metric separates. At 95% each, an arm identical to the baseline would FAIL
+      up to 1 - 0.95^m of runs (14% for 3 metrics). Bonferroni gives 1 - 0.05/m each (98.3% for 3);
+      for "does any metric separate", Holm's step-down procedure decides the same, as its first step is
+      Bonferroni's.
+    - "differs" PASSes only when every metric separates: an intersection-union test, whose chance of a
+      false PASS is at most that of its least likely single test, so each stays at 95%.
+    """
+    if expect == "same":
+        return 1 - FAMILY_ALPHA / max(metrics, 1)
+    return 1 - FAMILY_ALPHA
 
 
 def check_controls(controls: Mapping) -> dict[str, str]:
@@ -51,12 +72,15 @@ def control_metrics(available: Iterable[str]) -> dict[str, str | None]:
     return {p: max(fnmatch.filter(available, p), key=natural_key, default=None) for p in CONTROL_METRICS}
 
 
-def judge_control(arm: str, expect: str, baseline: str, rows: Mapping[str, dict | None]) -> dict:
+def judge_control(
+    arm: str, expect: str, baseline: str, rows: Mapping[str, dict | None], confidence: float = 0.95
+) -> dict:
     """PASS or FAIL of one control, with the evidence: each control metric's final-value effect row
-    (``rows``: metric -> row of :func:`cft_rl.compare.curves.arm_effects`, None where not logged).
+    (``rows``: metric -> row of :func:`cft_rl.compare.curves.arm_effects`, None where not logged), its
+    interval at ``confidence`` (:func:`control_confidence`).
 
-    Returns arm, expect, baseline, status, the metrics' differences and intervals, and ``line``, the
-    sentence the report prints.
+    Returns arm, expect, baseline, confidence, status, the metrics' differences and intervals, and
+    ``line``, the sentence the report prints.
     """
     missing = [m for m, r in rows.items() if r is None]
     undefined = [m for m, r in rows.items() if r is not None and r["low"] is None]
@@ -72,12 +96,16 @@ def judge_control(arm: str, expect: str, baseline: str, rows: Mapping[str, dict 
     evidence = "; ".join(
         describe(row_interval(r), m) if r is not None else f"{m} not logged" for m, r in rows.items()
     )
-    line = f"**{status}** {arm} ({EXPECTATIONS[expect]} {baseline}): {evidence}"
+    level = f"{100 * confidence:.3g}% intervals"
+    if expect == "same":
+        level += f": a family-wise {FAMILY_ALPHA:.0%} over {len(rows)} metrics"
+    line = f"**{status}** {arm} ({EXPECTATIONS[expect]} {baseline}; {level}): {evidence}"
     keep = ("diff", "low", "high", "significant", "note")
     return {
         "arm": arm,
         "expect": expect,
         "baseline": baseline,
+        "confidence": confidence,
         "status": status,
         "why": why,
         "metrics": {m: (None if r is None else {k: r[k] for k in keep}) for m, r in rows.items()},

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cft_rl.compare.effects import Interval, detectable_difference, difference, ema, hedges_g, mean_interval
+from cft_rl.compare.effects import (
+    CONFIDENCE,
+    Interval,
+    detectable_difference,
+    difference,
+    ema,
+    hedges_g,
+    mean_interval,
+)
 
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy); 1.96 beyond the table.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145)
@@ -122,9 +130,12 @@ def fit_entropy_reward(entropy: Sequence[float], reward: Sequence[float]) -> dic
 # --- effects against the baseline ----------------------------------------------------------------
 
 
-def arm_effects(curves: dict[str, list[Curve]], baseline: str, method: str = "t") -> list[dict]:
+def arm_effects(
+    curves: dict[str, list[Curve]], baseline: str, method: str = "t", confidence: float = CONFIDENCE
+) -> list[dict]:
     """Every other label against ``baseline``, per metric and measure (final value, AUC): the
-    difference of the means over seeds with its interval (:mod:`cft_rl.compare.effects`) and Hedges' g.
+    difference of the means over seeds with its ``confidence`` interval (:mod:`cft_rl.compare.effects`)
+    and Hedges' g.
 
     Each seed's own final value and AUC (:func:`curve_stats`) is one observation, so the interval is
     across seeds; a label missing the metric is left out of that metric's rows.
@@ -140,7 +151,7 @@ def arm_effects(curves: dict[str, list[Curve]], baseline: str, method: str = "t"
             for measure in ("final", "auc"):
                 a = [s[measure] for s in seeds]
                 b = [s[measure] for s in per_label[baseline]]
-                interval = difference(a, b, method)
+                interval = difference(a, b, method, confidence)
                 rows.append(
                     {
                         "arm": arm,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 
 from cft_rl.compare.analysis import CompareConfig, Report
-from cft_rl.compare.controls import CONTROL_METRICS
+from cft_rl.compare.controls import CONTROL_METRICS, control_confidence
 from cft_rl.compare.curves import row_interval
 from cft_rl.compare.effects import ALPHA, POWER, Interval, describe, verdict
 from cft_rl.reports import markdown_table
@@ -74,10 +74,13 @@ def controls_markdown(report: Report) -> str:
     head = "## Controls: does the instrument see what it must, and only that?\n"
     if not report.controls:
         return head + "\nNo controls named (`controls`: arm -> differs / same): the verdicts are unchecked.\n"
+    same = 100 * control_confidence("same", len(CONTROL_METRICS))
     explain = (
         f"A `differs` control must separate from `{report.baseline}` (95% interval of the final value "
-        f"excluding 0) on every one of {', '.join(CONTROL_METRICS)}; a `same` control on none. A FAIL "
-        "means the other arms' verdicts cannot be trusted at this number of seeds."
+        f"excluding 0) on every one of {', '.join(CONTROL_METRICS)}; a `same` control on none, each "
+        f"judged at a {same:.3g}% interval (Bonferroni: an identical arm then FAILs at most 5% of runs, "
+        "not up to 14% as with three 95% tests). A FAIL means the other arms' verdicts cannot be trusted at "
+        "this number of seeds."
     )
     return "\n".join([head, *(f"- {c['line']}" for c in report.controls), "", explain, ""])
 
