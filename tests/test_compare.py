@@ -440,8 +440,8 @@ def test_a_positive_control_must_separate_on_every_metric_and_a_missing_one_fail
 
 
 def test_a_negative_control_is_judged_at_a_family_wise_five_percent(tmp_path):
-    # Three metrics at 95% each would fail an identical arm in up to 1 - 0.95^3 = 14% of runs; the
-    # negative control is judged at 1 - 0.05/3 each (Bonferroni), the positive one at 95% (it must
+    # Three independent metrics at 95% each would fail an identical arm in 1 - 0.95^3 = 14% of runs;
+    # the negative control is judged at 1 - 0.05/3 each (Bonferroni), the positive one at 95% (it must
     # separate on every metric, an intersection-union test, which needs no correction).
     from cft_rl.compare.controls import control_confidence
 

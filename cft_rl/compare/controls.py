@@ -38,11 +38,12 @@ def control_confidence(expect: str, metrics: int) -> float:
     metrics, such that the control as a whole errs at most :data:`FAMILY_ALPHA` of the time.
 
     - "same" FAILs when any metric separates. At 95% each, an arm identical to the baseline would FAIL
-      up to 1 - 0.95^m of runs (14% for 3 metrics). Bonferroni gives 1 - 0.05/m each (98.3% for 3);
-      for "does any metric separate", Holm's step-down procedure decides the same, as its first step is
+      in 1 - 0.95^m of runs for m independent metrics (14% for 3), and in at most m x 5% whatever
+      their dependence. Bonferroni gives 1 - 0.05/m each (98.3% for 3), which bounds it by 5%; for
+      "does any metric separate", Holm's step-down procedure decides the same, as its first step is
       Bonferroni's.
     - "differs" PASSes only when every metric separates: an intersection-union test, whose chance of a
-      false PASS is at most that of its least likely single test, so each stays at 95%.
+      false PASS is at most each single test's level, so each stays at 95%.
     """
     if expect == "same":
         return 1 - FAMILY_ALPHA / max(metrics, 1)
@@ -73,7 +74,11 @@ def control_metrics(available: Iterable[str]) -> dict[str, str | None]:
 
 
 def judge_control(
-    arm: str, expect: str, baseline: str, rows: Mapping[str, dict | None], confidence: float = 0.95
+    arm: str,
+    expect: str,
+    baseline: str,
+    rows: Mapping[str, dict | None],
+    confidence: float = 1 - FAMILY_ALPHA,
 ) -> dict:
     """PASS or FAIL of one control, with the evidence: each control metric's final-value effect row
     (``rows``: metric -> row of :func:`cft_rl.compare.curves.arm_effects`, None where not logged), its

@@ -79,7 +79,7 @@ def controls_markdown(report: Report) -> str:
         f"A `differs` control must separate from `{report.baseline}` (95% interval of the final value "
         f"excluding 0) on every one of {', '.join(CONTROL_METRICS)}; a `same` control on none, each "
         f"judged at a {same:.3g}% interval (Bonferroni: an identical arm then FAILs at most 5% of runs, "
-        "not up to 14% as with three 95% tests). A FAIL means the other arms' verdicts cannot be trusted at "
+        "not the 14% of three independent 95% tests). A FAIL means the other arms' verdicts cannot be trusted at "
         "this number of seeds."
     )
     return "\n".join([head, *(f"- {c['line']}" for c in report.controls), "", explain, ""])
