@@ -55,10 +55,11 @@ def run_stages(by_stage: dict[str, dict], last: str) -> set[str]:
         if stage in seen:
             continue
         seen.add(stage)
-        missing = [s for s in by_stage[stage].get("inputs", {}) if s not in by_stage]
+        inputs = list(by_stage[stage].get("inputs", {}))
+        missing = [s for s in inputs if s not in by_stage]
         if missing:
             raise SystemExit(f"{stage} read from {missing}, whose manifests are gone; rerun the pipeline")
-        todo.extend(by_stage[stage].get("inputs", {}))
+        todo.extend(inputs)
     return seen
 
 

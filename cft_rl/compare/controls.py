@@ -21,7 +21,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 
 from cft_rl.compare.curves import natural_key, row_interval
-from cft_rl.compare.effects import describe
+from cft_rl.compare.effects import CONFIDENCE, describe
 
 EXPECTATIONS = {"differs": "positive control: must differ from", "same": "negative control: must match"}
 
@@ -30,12 +30,11 @@ EXPECTATIONS = {"differs": "positive control: must differ from", "same": "negati
 # by compare, with k the largest probe pass@k logged).
 CONTROL_METRICS = ("probe/entropy", "probe/distinct_answers", "probe/pass@*-pass@1")
 
-FAMILY_ALPHA = 0.05  # the chance a control may come out wrong when the arm is what it claims to be
-
 
 def control_confidence(expect: str, metrics: int) -> float:
     """The confidence of each metric's interval when a control of ``expect`` is judged on ``metrics``
-    metrics, such that the control as a whole errs at most :data:`FAMILY_ALPHA` of the time.
+    metrics, such that the control as a whole errs at most 1 - :data:`~cft_rl.compare.effects.CONFIDENCE`
+    (5%) of the time.
 
     - "same" FAILs when any metric separates. At 95% each, an arm identical to the baseline would FAIL
       in 1 - 0.95^m of runs for m independent metrics (14% for 3), and in at most m x 5% whatever
@@ -46,8 +45,8 @@ def control_confidence(expect: str, metrics: int) -> float:
       false PASS is at most each single test's level, so each stays at 95%.
     """
     if expect == "same":
-        return 1 - FAMILY_ALPHA / max(metrics, 1)
-    return 1 - FAMILY_ALPHA
+        return 1 - (1 - CONFIDENCE) / max(metrics, 1)
+    return CONFIDENCE
 
 
 def check_controls(controls: Mapping) -> dict[str, str]:
@@ -78,7 +77,7 @@ def judge_control(
     expect: str,
     baseline: str,
     rows: Mapping[str, dict | None],
-    confidence: float = 1 - FAMILY_ALPHA,
+    confidence: float = CONFIDENCE,
 ) -> dict:
     """PASS or FAIL of one control, with the evidence: each control metric's final-value effect row
     (``rows``: metric -> row of :func:`cft_rl.compare.curves.arm_effects`, None where not logged), its
@@ -103,7 +102,7 @@ def judge_control(
     )
     level = f"{100 * confidence:.3g}% intervals"
     if expect == "same":
-        level += f": a family-wise {FAMILY_ALPHA:.0%} over {len(rows)} metrics"
+        level += f": a family-wise {1 - CONFIDENCE:.0%} over {len(rows)} metrics"
     line = f"**{status}** {arm} ({EXPECTATIONS[expect]} {baseline}; {level}): {evidence}"
     keep = ("diff", "low", "high", "significant", "note")
     return {

@@ -13,7 +13,7 @@ import fnmatch
 from cft_rl.compare.analysis import CompareConfig, Report
 from cft_rl.compare.controls import CONTROL_METRICS, control_confidence
 from cft_rl.compare.curves import row_interval
-from cft_rl.compare.effects import ALPHA, POWER, Interval, describe, verdict
+from cft_rl.compare.effects import ALPHA, CONFIDENCE, POWER, Interval, describe, verdict
 from cft_rl.reports import markdown_table
 
 
@@ -74,13 +74,15 @@ def controls_markdown(report: Report) -> str:
     head = "## Controls: does the instrument see what it must, and only that?\n"
     if not report.controls:
         return head + "\nNo controls named (`controls`: arm -> differs / same): the verdicts are unchecked.\n"
-    same = 100 * control_confidence("same", len(CONTROL_METRICS))
+    m = len(CONTROL_METRICS)
+    same = 100 * control_confidence("same", m)
+    uncorrected = 1 - CONFIDENCE**m  # an identical arm's FAIL rate with m independent metrics at 95% each
     explain = (
         f"A `differs` control must separate from `{report.baseline}` (95% interval of the final value "
         f"excluding 0) on every one of {', '.join(CONTROL_METRICS)}; a `same` control on none, each "
-        f"judged at a {same:.3g}% interval (Bonferroni: an identical arm then FAILs at most 5% of runs, "
-        "not the 14% of three independent 95% tests). A FAIL means the other arms' verdicts cannot be trusted at "
-        "this number of seeds."
+        f"judged at a {same:.3g}% interval (Bonferroni: an identical arm then FAILs at most "
+        f"{1 - CONFIDENCE:.0%} of runs, not the {uncorrected:.0%} of {m} independent 95% tests). A FAIL "
+        "means the other arms' verdicts cannot be trusted at this number of seeds."
     )
     return "\n".join([head, *(f"- {c['line']}" for c in report.controls), "", explain, ""])
 
